@@ -18,3 +18,4 @@
 pub mod affinity;
 pub mod cli;
 pub mod config;
+pub mod server;

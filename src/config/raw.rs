@@ -1,0 +1,1 @@
+//! The TOML file as written (serde, `deny_unknown_fields`).
