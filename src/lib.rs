@@ -16,6 +16,10 @@
 //! - [`cli`] is the `tether` binary's command line.
 
 pub mod affinity;
+pub mod balance;
 pub mod cli;
 pub mod config;
+pub mod proxy;
 pub mod server;
+pub mod signal;
+pub mod upstream;

@@ -1,0 +1,262 @@
+//! Header rules of DESIGN.md §4: hop-by-hop headers out, forwarding headers in, the WebSphere
+//! private headers (`$WS*`) stripped from clients and optionally added by the proxy.
+//!
+//! What depends only on the client connection (its address as a header value) is made once per
+//! connection in [`ClientConn`], not once per request.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::IpNet;
+
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const WSRA: HeaderName = HeaderName::from_static("$wsra");
+const WSRH: HeaderName = HeaderName::from_static("$wsrh");
+const WSSC: HeaderName = HeaderName::from_static("$wssc");
+const WSIS: HeaderName = HeaderName::from_static("$wsis");
+const WSSN: HeaderName = HeaderName::from_static("$wssn");
+const WSSP: HeaderName = HeaderName::from_static("$wssp");
+const HTTP: HeaderValue = HeaderValue::from_static("http");
+const FALSE: HeaderValue = HeaderValue::from_static("false");
+
+/// What the header rules need to know of one client connection.
+pub struct ClientConn {
+    pub client: SocketAddr,
+    pub local: SocketAddr,
+    /// The client is in `trusted_proxies`: its forwarding headers are kept and appended to.
+    pub trusted: bool,
+    client_ip: HeaderValue,
+    /// `for=…;proto=http`, the start of this proxy's `Forwarded` element.
+    forwarded_for: String,
+    local_port: HeaderValue,
+}
+
+impl ClientConn {
+    pub fn new(client: SocketAddr, local: SocketAddr, trusted_proxies: &[IpNet]) -> ClientConn {
+        let ip = canonical(client.ip());
+        let forwarded_for = match ip {
+            IpAddr::V4(v4) => format!("for={v4};proto=http"),
+            IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
+        };
+        ClientConn {
+            client,
+            local,
+            trusted: trusted_proxies.iter().any(|net| net.contains(ip)),
+            client_ip: HeaderValue::try_from(ip.to_string()).expect("an IP is a valid header"),
+            forwarded_for,
+            local_port: HeaderValue::from(local.port()),
+        }
+    }
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Removes the hop-by-hop headers and those the `Connection` header names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderValue> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .cloned()
+            .collect();
+        for value in &named {
+            let Ok(text) = value.to_str() else { continue };
+            for name in text.split(',') {
+                let name = name.trim();
+                if !name.is_empty() {
+                    headers.remove(name);
+                }
+            }
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Rewrites a client's request headers for a member. `host` is the request's host (with port,
+/// as the client sent it).
+pub fn rewrite_request(
+    headers: &mut HeaderMap,
+    conn: &ClientConn,
+    host: Option<&HeaderValue>,
+    websphere: bool,
+) {
+    remove_hop_by_hop(headers);
+    // The proxy read the body (or streams it); members never see a client's expectation.
+    headers.remove(header::EXPECT);
+    remove_private_headers(headers);
+
+    if conn.trusted {
+        append_list(headers, X_FORWARDED_FOR, conn.client_ip.as_bytes());
+        if !headers.contains_key(X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO, HTTP);
+        }
+        if !headers.contains_key(X_FORWARDED_HOST) {
+            if let Some(host) = host {
+                headers.insert(X_FORWARDED_HOST, host.clone());
+            }
+        }
+    } else {
+        headers.insert(X_FORWARDED_FOR, conn.client_ip.clone());
+        headers.insert(X_FORWARDED_PROTO, HTTP);
+        match host {
+            Some(host) => headers.insert(X_FORWARDED_HOST, host.clone()),
+            None => headers.remove(X_FORWARDED_HOST),
+        };
+        headers.remove(header::FORWARDED);
+    }
+    let mut element = String::with_capacity(conn.forwarded_for.len() + 32);
+    element.push_str(&conn.forwarded_for);
+    if let Some(host) = host.and_then(|h| h.to_str().ok()) {
+        let _ = write!(element, ";host=\"{host}\"");
+    }
+    append_list(headers, header::FORWARDED, element.as_bytes());
+
+    if websphere {
+        headers.insert(WSRA, conn.client_ip.clone());
+        headers.insert(WSRH, conn.client_ip.clone());
+        headers.insert(WSSC, HTTP);
+        headers.insert(WSIS, FALSE);
+        if let Some(host) = host {
+            let name = host_without_port(host.as_bytes());
+            if let Ok(value) = HeaderValue::from_bytes(name) {
+                headers.insert(WSSN, value);
+            }
+        }
+        headers.insert(WSSP, conn.local_port.clone());
+    }
+}
+
+/// Removes every `$WS…` header a client sent: only the proxy may set them.
+fn remove_private_headers(headers: &mut HeaderMap) {
+    let has_private = headers.keys().any(|name| name.as_str().starts_with("$ws"));
+    if has_private {
+        let names: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| name.as_str().starts_with("$ws"))
+            .cloned()
+            .collect();
+        for name in names {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Appends `item` to a comma-separated list header, folding several lines into one.
+fn append_list(headers: &mut HeaderMap, name: HeaderName, item: &[u8]) {
+    let mut joined: Vec<u8> = Vec::new();
+    for value in headers.get_all(&name) {
+        joined.extend_from_slice(value.as_bytes());
+        joined.extend_from_slice(b", ");
+    }
+    let value = if joined.is_empty() {
+        HeaderValue::from_bytes(item)
+    } else {
+        joined.extend_from_slice(item);
+        HeaderValue::from_bytes(&joined)
+    };
+    if let Ok(value) = value {
+        headers.insert(name, value);
+    }
+}
+
+/// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
+pub fn host_without_port(host: &[u8]) -> &[u8] {
+    if host.first() == Some(&b'[') {
+        return match host.iter().position(|&b| b == b']') {
+            Some(end) => &host[..=end],
+            None => host,
+        };
+    }
+    match host.iter().rposition(|&b| b == b':') {
+        Some(colon) => &host[..colon],
+        None => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_is_cut() {
+        assert_eq!(host_without_port(b"a.example.com:8080"), b"a.example.com");
+        assert_eq!(host_without_port(b"a.example.com"), b"a.example.com");
+        assert_eq!(host_without_port(b"[::1]:80"), b"[::1]");
+    }
+
+    #[test]
+    fn connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("x-a, keep-alive"),
+        );
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert("x-b", HeaderValue::from_static("2"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-b"));
+    }
+
+    #[test]
+    fn untrusted_forwarding_headers_are_replaced() {
+        let conn = ClientConn::new(
+            "10.1.2.3:5000".parse().unwrap(),
+            "127.0.0.1:80".parse().unwrap(),
+            &[],
+        );
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
+        h.insert("$wsra", HeaderValue::from_static("6.6.6.6"));
+        let host = HeaderValue::from_static("shop:8080");
+        rewrite_request(&mut h, &conn, Some(&host), false);
+        assert_eq!(h[X_FORWARDED_FOR], "10.1.2.3");
+        assert_eq!(
+            h[header::FORWARDED],
+            "for=10.1.2.3;proto=http;host=\"shop:8080\""
+        );
+        assert!(!h.contains_key("$wsra"));
+    }
+
+    #[test]
+    fn trusted_forwarding_headers_are_appended() {
+        let trusted = [IpNet {
+            addr: "10.0.0.0".parse().unwrap(),
+            prefix: 8,
+        }];
+        let conn = ClientConn::new(
+            "10.1.2.3:5000".parse().unwrap(),
+            "127.0.0.1:80".parse().unwrap(),
+            &trusted,
+        );
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
+        rewrite_request(&mut h, &conn, None, true);
+        assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.1.2.3");
+        assert_eq!(h["$wsra"], "10.1.2.3");
+        assert_eq!(h["$wssp"], "80");
+    }
+}

@@ -1,0 +1,179 @@
+//! Connections to one member: connect with a timeout, a keep-alive pool, and the
+//! `max_connections` limit.
+//!
+//! The limit is a semaphore whose permit travels with the request until its response body is
+//! finished; a connection goes back to the idle list *before* its permit is released, so the
+//! number of open connections never exceeds the limit. The idle list is a `Vec` behind a mutex
+//! of its own member: the critical section is one push or pop, and no lock is shared by the
+//! requests of different members.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{timeout, Instant};
+
+use crate::proxy::body::RequestBody;
+
+/// Pool settings shared by every member (from `[proxy]`).
+#[derive(Clone, Copy, Debug)]
+pub struct PoolSettings {
+    pub idle_timeout: Duration,
+    pub max_idle: usize,
+}
+
+/// Why no connection could be had. None of these sent anything to the member.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect failed: {0}")]
+    Refused(#[source] std::io::Error),
+    #[error("connect timed out")]
+    Timeout,
+    /// `max_connections` were in use for the whole connect timeout.
+    #[error("member busy: max_connections in use")]
+    Busy,
+    #[error("handshake failed: {0}")]
+    Handshake(#[source] hyper::Error),
+}
+
+impl ConnectError {
+    /// Refused and timed-out connects mark the member down; a busy member is just skipped.
+    pub fn marks_down(&self) -> bool {
+        !matches!(self, ConnectError::Busy)
+    }
+}
+
+/// One connection checked out for one request.
+pub struct Conn {
+    pub sender: SendRequest<RequestBody>,
+    /// Came from the idle list (for the log and the metrics).
+    pub reused: bool,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+struct Idle {
+    sender: SendRequest<RequestBody>,
+    since: Instant,
+}
+
+pub struct Upstream {
+    addr: SocketAddr,
+    connect_timeout: Duration,
+    limit: Option<Arc<Semaphore>>,
+    idle: Mutex<Vec<Idle>>,
+    settings: PoolSettings,
+    opened: AtomicU64,
+}
+
+impl Upstream {
+    pub fn new(
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        max_connections: usize,
+        settings: &PoolSettings,
+    ) -> Upstream {
+        let mut settings = *settings;
+        if max_connections > 0 {
+            settings.max_idle = settings.max_idle.min(max_connections);
+        }
+        Upstream {
+            addr,
+            connect_timeout,
+            limit: (max_connections > 0).then(|| Arc::new(Semaphore::new(max_connections))),
+            idle: Mutex::new(Vec::new()),
+            settings,
+            opened: AtomicU64::new(0),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Connections opened so far (a metric; tests read it too).
+    pub fn connections_opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    /// A ready connection: an idle one if there is one, else a new one.
+    pub async fn acquire(&self) -> Result<Conn, ConnectError> {
+        let permit = match &self.limit {
+            None => None,
+            Some(sem) => match timeout(self.connect_timeout, sem.clone().acquire_owned()).await {
+                Ok(Ok(permit)) => Some(permit),
+                Ok(Err(_)) | Err(_) => return Err(ConnectError::Busy),
+            },
+        };
+        while let Some(mut sender) = self.pop_idle() {
+            // A connection that just finished a response may need one turn of its task to be
+            // ready again; one that does not become ready soon is dropped.
+            if let Ok(Ok(())) = timeout(Duration::from_secs(1), sender.ready()).await {
+                return Ok(Conn {
+                    sender,
+                    reused: true,
+                    permit,
+                });
+            }
+        }
+        let sender = self.connect().await?;
+        Ok(Conn {
+            sender,
+            reused: false,
+            permit,
+        })
+    }
+
+    /// Hands a connection whose exchange finished cleanly back to the idle list.
+    pub fn release(&self, conn: Conn) {
+        let Conn { sender, permit, .. } = conn;
+        if !sender.is_closed() {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < self.settings.max_idle {
+                idle.push(Idle {
+                    sender,
+                    since: Instant::now(),
+                });
+            }
+        }
+        drop(permit);
+    }
+
+    fn pop_idle(&self) -> Option<SendRequest<RequestBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(conn) = idle.pop() {
+            if !conn.sender.is_closed() && conn.since.elapsed() < self.settings.idle_timeout {
+                return Some(conn.sender);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self) -> Result<SendRequest<RequestBody>, ConnectError> {
+        let stream = match timeout(self.connect_timeout, TcpStream::connect(self.addr)).await {
+            Err(_) => return Err(ConnectError::Timeout),
+            Ok(Err(e)) => return Err(ConnectError::Refused(e)),
+            Ok(Ok(stream)) => stream,
+        };
+        // Requests are written whole; waiting to coalesce only adds latency.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(addr = %self.addr, error = %e, "set_nodelay failed");
+        }
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(ConnectError::Handshake)?;
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        let addr = self.addr;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%addr, error = %e, "member connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
