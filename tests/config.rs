@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use tether::config::{
-    Config, HostPattern, IdFormat, LoadBalance, PathPattern, Role, MAX_ATTEMPTS_LIMIT,
+    Config, ConfigError, HostPattern, IdFormat, LoadBalance, PathPattern, Role, MAX_ATTEMPTS_LIMIT,
 };
 
 /// A valid file: one route to cluster `shop` with two members. Tests edit it with [`with`].
@@ -63,9 +63,10 @@ fn plus(extra: &str) -> String {
 /// occurrence of `at` in `text`. Returns the message for further checks.
 fn rejects(text: &str, key: &str, at: &str) -> String {
     let line = line_of(text, at);
-    let Err(message) = Config::parse(text) else {
+    let Err(error) = Config::parse(text) else {
         panic!("a config with a bad {key} was accepted");
     };
+    let message = error.to_string();
     let prefix = format!("line {line}: {key}: ");
     assert!(
         message.starts_with(&prefix),
@@ -333,7 +334,9 @@ fn secrets_and_the_file_are_never_echoed() {
     let text = plus("password = \"hunter2\"");
     let m = rejects(&text, "cluster.shop.member[1].password", "password");
     assert!(!m.contains("hunter2"), "{m}");
-    let m = Config::parse(&with("listen = [", "listen = \"x\"\nbad = [")).unwrap_err();
+    let m = Config::parse(&with("listen = [", "listen = \"x\"\nbad = ["))
+        .unwrap_err()
+        .to_string();
     assert!(
         !m.contains("# a test config") && !m.contains("[proxy]"),
         "{m}"
@@ -343,7 +346,7 @@ fn secrets_and_the_file_are_never_echoed() {
 #[test]
 fn syntax_errors_and_missing_keys_carry_the_line() {
     let text = plus("[cluster.x\nname = 1");
-    let m = Config::parse(&text).unwrap_err();
+    let m = Config::parse(&text).unwrap_err().to_string();
     let want = format!(
         "line {}: invalid table header",
         line_of(&text, "[cluster.x")
@@ -360,11 +363,54 @@ fn syntax_errors_and_missing_keys_carry_the_line() {
 }
 
 #[test]
+fn errors_keep_file_line_key_and_message_apart() {
+    let text = with("weight = 1", "weight = 10001");
+    let Err(ConfigError::Invalid {
+        path,
+        line,
+        key,
+        message,
+    }) = Config::parse(&text)
+    else {
+        panic!("want an Invalid error");
+    };
+    assert_eq!(path, None);
+    assert_eq!(line, Some(line_of(&text, "weight")));
+    assert_eq!(key.as_deref(), Some("cluster.shop.member[0].weight"));
+    assert_eq!(message, "must be 0..=10000; got 10001");
+
+    // A syntax error has no key.
+    let text = plus("[cluster.x\nname = 1");
+    let Err(ConfigError::Invalid { line, key, .. }) = Config::parse(&text) else {
+        panic!("want an Invalid error");
+    };
+    assert_eq!(line, Some(line_of(&text, "[cluster.x")));
+    assert_eq!(key, None);
+
+    // Loading names the file in front.
+    let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::fs::write(file.path(), with("weight = 1", "weight = 10001")).unwrap();
+    let error = Config::load(file.path()).unwrap_err();
+    let shown = file.path().display().to_string();
+    assert!(
+        matches!(&error, ConfigError::Invalid { path: Some(p), .. } if *p == shown),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "{shown}: line {}: cluster.shop.member[0].weight: must be 0..=10000; got 10001",
+            line_of(VALID, "weight")
+        )
+    );
+}
+
+#[test]
 fn routes_must_exist_and_not_repeat() {
     let start = VALID.find("[[route]]").unwrap();
     let end = VALID.find("[cluster.shop]").unwrap();
     let no_routes = format!("{}{}", &VALID[..start], &VALID[end..]);
-    let m = Config::parse(&no_routes).unwrap_err();
+    let m = Config::parse(&no_routes).unwrap_err().to_string();
     assert_eq!(
         m,
         "route: no routes: add at least one [[route]] naming a cluster"

@@ -179,8 +179,37 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: {message}")]
-    Invalid { path: String, message: String },
+    /// Shown as `FILE: line N: KEY: message`, leaving out the parts that are `None`.
+    #[error(fmt = fmt_invalid)]
+    Invalid {
+        /// The file, when the text came from one ([`Config::load`]).
+        path: Option<String>,
+        /// 1-based; `None` where the key is not in the file (no `[[route]]`).
+        line: Option<usize>,
+        /// The key path as in the file (`cluster.shop.member[1].clone_id`, array indexes
+        /// 0-based); `None` where there is none (a TOML syntax error).
+        key: Option<String>,
+        message: String,
+    },
+}
+
+fn fmt_invalid(
+    path: &Option<String>,
+    line: &Option<usize>,
+    key: &Option<String>,
+    message: &str,
+    f: &mut std::fmt::Formatter,
+) -> std::fmt::Result {
+    if let Some(path) = path {
+        write!(f, "{path}: ")?;
+    }
+    if let Some(line) = line {
+        write!(f, "line {line}: ")?;
+    }
+    if let Some(key) = key {
+        write!(f, "{key}: ")?;
+    }
+    f.write_str(message)
 }
 
 impl Config {
@@ -190,14 +219,25 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Config::parse(&text).map_err(|message| ConfigError::Invalid {
-            path: path.display().to_string(),
-            message,
+        Config::parse(&text).map_err(|error| match error {
+            ConfigError::Invalid {
+                path: None,
+                line,
+                key,
+                message,
+            } => ConfigError::Invalid {
+                path: Some(path.display().to_string()),
+                line,
+                key,
+                message,
+            },
+            other => other,
         })
     }
 
-    /// Parses and validates config text. The error names the key and the line.
-    pub fn parse(text: &str) -> Result<Config, String> {
+    /// Parses and validates config text. The error ([`ConfigError::Invalid`], without a file)
+    /// names the key and the line.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
         validate::parse(text)
     }
 }

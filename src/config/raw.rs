@@ -6,12 +6,11 @@
 //! patterns, ranges) are in `validate`.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::ops::Range;
 use std::time::Duration;
 
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use toml_edit::{ImDocument, Item, TableLike, Value};
 
 use super::units::{duration, size};
 
@@ -198,8 +197,8 @@ fn sixty_four_kib() -> u64 {
 }
 
 /// Where each key and value of a file is, by key path (`cluster.shop.member[1].clone_id`; array
-/// indexes are 0-based). Built from a second, schema-free pass over the text with toml's own
-/// spans, so it sees the file exactly as the parser did.
+/// indexes are 0-based). Built from a second, schema-free parse of the text with `toml_edit`, the
+/// parser `toml` itself runs on, so its spans are the ones toml's errors carry.
 #[derive(Debug, Default)]
 pub struct Locator {
     entries: Vec<Entry>,
@@ -210,7 +209,7 @@ struct Entry {
     path: String,
     /// The key as written (absent for array elements).
     key: Option<Range<usize>>,
-    /// The value, where toml knows it (not for implicit tables like `cluster` in
+    /// The value, where the parser knows it (not for implicit tables like `cluster` in
     /// `[cluster.shop]`).
     value: Option<Range<usize>>,
 }
@@ -219,41 +218,63 @@ impl Locator {
     /// An empty locator when the text is not valid TOML (the parse error has its own position).
     pub fn new(text: &str) -> Locator {
         let mut locator = Locator::default();
-        if let Ok(root) = toml::from_str::<SpanNode>(text) {
-            locator.add(String::new(), root.node);
+        if let Ok(document) = ImDocument::parse(text) {
+            locator.add_table(String::new(), document.as_table());
         }
         locator
     }
 
-    fn add(&mut self, path: String, node: Node) {
-        match node {
-            Node::Table(entries) => {
-                for (key, value) in entries {
-                    let Node::Text(name) = &key.node else {
-                        continue;
-                    };
-                    let path = join_key(&path, name);
-                    self.entries.push(Entry {
-                        path: path.clone(),
-                        key: key.span,
-                        value: value.span,
-                    });
-                    self.add(path, value.node);
-                }
-            }
-            Node::Array(elements) => {
-                for (i, element) in elements.into_iter().enumerate() {
-                    let path = format!("{path}[{i}]");
-                    self.entries.push(Entry {
-                        path: path.clone(),
-                        key: None,
-                        value: element.span,
-                    });
-                    self.add(path, element.node);
-                }
-            }
-            Node::Text(_) | Node::Other => {}
+    fn add_table(&mut self, path: String, table: &dyn TableLike) {
+        for (name, _) in table.iter() {
+            let Some((key, item)) = table.get_key_value(name) else {
+                continue;
+            };
+            let path = join_key(&path, name);
+            self.entries.push(Entry {
+                path: path.clone(),
+                key: key.span(),
+                value: item.span(),
+            });
+            self.add_item(path, item);
         }
+    }
+
+    fn add_item(&mut self, path: String, item: &Item) {
+        match item {
+            Item::Table(table) => self.add_table(path, table),
+            Item::ArrayOfTables(tables) => {
+                for (i, table) in tables.iter().enumerate() {
+                    let path = self.add_element(&path, i, table.span());
+                    self.add_table(path, table);
+                }
+            }
+            Item::Value(value) => self.add_value(path, value),
+            Item::None => {}
+        }
+    }
+
+    fn add_value(&mut self, path: String, value: &Value) {
+        match value {
+            Value::InlineTable(table) => self.add_table(path, table),
+            Value::Array(array) => {
+                for (i, element) in array.iter().enumerate() {
+                    let path = self.add_element(&path, i, element.span());
+                    self.add_value(path, element);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Records element `i` of the array at `path`; returns the element's path.
+    fn add_element(&mut self, path: &str, i: usize, span: Option<Range<usize>>) -> String {
+        let path = format!("{path}[{i}]");
+        self.entries.push(Entry {
+            path: path.clone(),
+            key: None,
+            value: span,
+        });
+        path
     }
 
     /// Where `path` is written: its key, else its value; for a key that is not in the file (a
@@ -322,107 +343,6 @@ fn parent(path: &str) -> Option<&str> {
     cut.map(|i| &path[..i])
 }
 
-// The schema-free pass. toml hands out spans through serde's `Spanned` protocol: asked for a
-// struct with these magic names, it answers with a map of start, end and value. `toml::Spanned`
-// itself cannot be used because toml has no span for implicit tables and then answers with the
-// plain value, which `toml::Spanned` rejects; this visitor takes either answer.
-const SPANNED: &str = "$__serde_spanned_private_Spanned";
-const SPANNED_START: &str = "$__serde_spanned_private_start";
-const SPANNED_END: &str = "$__serde_spanned_private_end";
-const SPANNED_VALUE: &str = "$__serde_spanned_private_value";
-const SPANNED_FIELDS: &[&str] = &[SPANNED_START, SPANNED_END, SPANNED_VALUE];
-
-/// One value of the file (a key is a `Text`), with its span where toml gives one.
-struct SpanNode {
-    span: Option<Range<usize>>,
-    node: Node,
-}
-
-enum Node {
-    Table(Vec<(SpanNode, SpanNode)>),
-    Array(Vec<SpanNode>),
-    Text(String),
-    Other,
-}
-
-fn bare(node: Node) -> SpanNode {
-    SpanNode { span: None, node }
-}
-
-impl<'de> Deserialize<'de> for SpanNode {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_struct(SPANNED, SPANNED_FIELDS, NodeVisitor)
-    }
-}
-
-/// The value inside a spanned answer, asked for without a span (asking again would recurse).
-struct Plain;
-
-impl<'de> de::DeserializeSeed<'de> for Plain {
-    type Value = SpanNode;
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<SpanNode, D::Error> {
-        deserializer.deserialize_any(NodeVisitor)
-    }
-}
-
-struct NodeVisitor;
-
-macro_rules! other {
-    ($($visit:ident: $t:ty),*) => {$(
-        fn $visit<E>(self, _: $t) -> Result<SpanNode, E> {
-            Ok(bare(Node::Other))
-        }
-    )*};
-}
-
-impl<'de> Visitor<'de> for NodeVisitor {
-    type Value = SpanNode;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("any TOML value")
-    }
-    other!(visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_f64: f64);
-    fn visit_str<E>(self, v: &str) -> Result<SpanNode, E> {
-        Ok(bare(Node::Text(v.to_owned())))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<SpanNode, A::Error> {
-        let mut elements = Vec::new();
-        while let Some(element) = seq.next_element::<SpanNode>()? {
-            elements.push(element);
-        }
-        Ok(bare(Node::Array(elements)))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SpanNode, A::Error> {
-        let is = |key: &SpanNode, name: &str| matches!(&key.node, Node::Text(k) if k == name);
-        let Some(first) = map.next_key::<SpanNode>()? else {
-            return Ok(bare(Node::Table(Vec::new())));
-        };
-        if first.span.is_none() && is(&first, SPANNED_START) {
-            let start: usize = map.next_value()?;
-            let (mut end, mut value) = (start, None);
-            while let Some(key) = map.next_key::<SpanNode>()? {
-                if is(&key, SPANNED_END) {
-                    end = map.next_value()?;
-                } else if is(&key, SPANNED_VALUE) {
-                    value = Some(map.next_value_seed(Plain)?);
-                } else {
-                    map.next_value::<de::IgnoredAny>()?;
-                }
-            }
-            let node = value.map_or(Node::Other, |v| v.node);
-            return Ok(SpanNode {
-                span: Some(start..end),
-                node,
-            });
-        }
-        let mut entries = vec![(first, map.next_value::<SpanNode>()?)];
-        while let Some(key) = map.next_key::<SpanNode>()? {
-            entries.push((key, map.next_value::<SpanNode>()?));
-        }
-        Ok(bare(Node::Table(entries)))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,6 +387,18 @@ mod tests {
         );
         assert_eq!(at("\"b\"").as_deref(), Some("proxy.listen[1]"));
         assert_eq!(at("2").as_deref(), Some("cluster.\"x.y\".max_attempts"));
+    }
+
+    #[test]
+    fn locates_inside_inline_tables_and_dotted_keys() {
+        let text = "[proxy]\na.b = 1\nt = { k = [1, { x = 2 }] }\nu = [\n  { y = 3 },\n]\n";
+        let line = |span: Range<usize>| text[..span.start].matches('\n').count() + 1;
+        let loc = Locator::new(text);
+        assert_eq!(loc.span_of("proxy.a.b").map(line), Some(2));
+        assert_eq!(loc.span_of("proxy.t.k[1].x").map(line), Some(3));
+        assert_eq!(loc.span_of("proxy.u[0].y").map(line), Some(5));
+        let at = text.find("{ x").unwrap();
+        assert_eq!(loc.path_at(&(at..at + 9)), Some("proxy.t.k[1]"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Raw config → validated [`Config`].
 //!
-//! Every error is one line: `line N: KEY: what is wrong`, where KEY is the key path as in the
+//! Every error is a [`ConfigError::Invalid`] that displays as one line, `line N: KEY: what is
+//! wrong` (after `FILE: ` when loaded from a file), where KEY is the key path as in the
 //! file (`cluster.shop.member[1].clone_id`, array indexes **0-based**: `route[0]` is the first
 //! `[[route]]`). `line N: ` is left out only where the key is not in the file at all (no
 //! `[[route]]`). Values are quoted (cut short) to help find them, except for keys that look like
@@ -15,17 +16,27 @@ use super::raw::{
 };
 use super::units::{host_pattern, parse_address, parse_ip_net, path_pattern, quote};
 use super::{
-    Affinity, Cluster, Config, IdFormat, LoadBalance, Member, ProxySettings, Role, Route,
-    MAX_ATTEMPTS_LIMIT,
+    Affinity, Cluster, Config, ConfigError, IdFormat, LoadBalance, Member, ProxySettings, Role,
+    Route, MAX_ATTEMPTS_LIMIT,
 };
 
 /// hyper refuses a read buffer (which must hold the whole request head) under 8 KiB.
 const MIN_HEADER_BYTES: u64 = 8192;
 const MAX_WEIGHT: i64 = 10_000;
 
-pub fn parse(text: &str) -> Result<Config, String> {
+pub fn parse(text: &str) -> Result<Config, ConfigError> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
-    build(raw).map_err(|fault| fault.render(text))
+    build(raw).map_err(|fault| fault.into_error(text))
+}
+
+/// An error about the text of a file, which [`Config::load`](super::Config::load) names.
+fn invalid(line: Option<usize>, key: Option<String>, message: String) -> ConfigError {
+    ConfigError::Invalid {
+        path: None,
+        line,
+        key,
+        message: one_line(&message),
+    }
 }
 
 /// A rule broken at a key path; the line is looked up only when rendering.
@@ -42,26 +53,22 @@ fn fault(path: impl Into<String>, message: impl Into<String>) -> Fault {
 }
 
 impl Fault {
-    fn render(&self, text: &str) -> String {
+    fn into_error(self, text: &str) -> ConfigError {
         let line = Locator::new(text)
             .span_of(&self.path)
             .map(|span| line_of(text, span.start));
         // No rule quotes a secret today; this keeps it so if one ever does.
-        let what = match looks_secret(&self.path) && self.message.contains('"') {
-            true => "invalid value (not shown, the key looks like a secret)",
-            false => &self.message,
+        let message = match looks_secret(&self.path) && self.message.contains('"') {
+            true => "invalid value (not shown, the key looks like a secret)".into(),
+            false => self.message,
         };
-        let message = format!("{}: {what}", self.path);
-        one_line(&match line {
-            Some(n) => format!("line {n}: {message}"),
-            None => message,
-        })
+        invalid(line, Some(self.path), message)
     }
 }
 
 /// A parse error from toml (syntax, unknown key, wrong type, bad duration or size), with the line
 /// and, when the text is valid TOML, the key path.
-fn toml_error(text: &str, error: &toml::de::Error) -> String {
+fn toml_error(text: &str, error: &toml::de::Error) -> ConfigError {
     let locator = Locator::new(text);
     let mut path = error
         .span()
@@ -90,14 +97,8 @@ fn toml_error(text: &str, error: &toml::de::Error) -> String {
     } else if path.as_deref().is_some_and(looks_secret) {
         message = "invalid value (not shown, the key looks like a secret)".into();
     }
-    let message = match path {
-        Some(path) => format!("{path}: {message}"),
-        None => message,
-    };
-    match error.span() {
-        Some(span) => format!("line {}: {message}", line_of(text, span.start)),
-        None => message,
-    }
+    let line = error.span().map(|span| line_of(text, span.start));
+    invalid(line, path, message)
 }
 
 fn looks_secret(path: &str) -> bool {
