@@ -93,7 +93,7 @@ impl Proxy {
             target: "tether::access",
             client = %conn.client,
             method = %method,
-            path = path_for_log.as_deref().unwrap_or(""),
+            path = path_for_log.as_ref().map_or("", |p| p.as_str()),
             route = outcome.route.map(|r| r as i64).unwrap_or(-1),
             cluster = outcome.cluster.map(|c| &*self.clusters[c].config.name).unwrap_or("-"),
             member = outcome.member.as_ref().map(|m| &*m.name).unwrap_or("-"),
