@@ -198,6 +198,9 @@ impl Proxy {
             outcome.affinity = affinity;
             let target = cluster.target(id);
             outcome.member = Some(target.clone());
+            // Counted from the choice, not from the connect: least_requests must see requests
+            // still connecting, or a burst piles onto one member.
+            let in_flight = target.start_request();
 
             let conn = match timeout_at(deadline, target.upstream.acquire()).await {
                 Err(_) => return Err((ProxyError::RequestTimeout, body_read)),
@@ -236,7 +239,6 @@ impl Proxy {
             *request.version_mut() = Version::HTTP_11;
             *request.headers_mut() = attempt_headers;
 
-            let in_flight = target.start_request();
             let mut conn = conn;
             let wait = target
                 .io_timeout
