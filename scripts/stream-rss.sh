@@ -33,6 +33,7 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 PY
 python3 "$work/member.py" "$member_port" & pids+=($!)
+for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$member_port/0" && break; sleep 0.1; done
 
 cat > "$work/tether.toml" <<TOML
 [proxy]
@@ -47,7 +48,7 @@ name = "m1"
 clone_id = "c1"
 address = "127.0.0.1:$member_port"
 TOML
-RUST_LOG=warn target/release/tether proxy --config "$work/tether.toml" & proxy_pid=$!; pids+=($proxy_pid)
+RUST_LOG=warn "${CARGO_TARGET_DIR:-target}/release/tether" proxy --config "$work/tether.toml" & proxy_pid=$!; pids+=($proxy_pid)
 for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$proxy_port/0" && break; sleep 0.1; done
 rss() { awk '/VmRSS|VmHWM/ {printf "%s %s kB  ", $1, $2}' "/proc/$proxy_pid/status"; echo; }
 echo "idle:            $(rss)"

@@ -1,4 +1,4 @@
-//! Graceful shutdown (issue 2, "Operations"; DESIGN.md §6): the real binary gets SIGTERM/SIGINT
+//! Operations (issue 2; DESIGN.md §6): the access log, and graceful shutdown — the real binary gets SIGTERM/SIGINT
 //! while a slow response is still streaming; the in-process `serve` gets its shutdown future.
 
 mod support;
@@ -330,5 +330,88 @@ async fn in_process_serve_returns_when_the_grace_period_ends() {
         started.elapsed() >= Duration::from_millis(900),
         "serve waited for the in-flight response up to the grace period, returned after {:?}",
         started.elapsed()
+    );
+}
+
+/// One access-log line per request through `tracing` (issue 2, "Operations"): route, cluster,
+/// member, affinity outcome, attempts, status, duration — for a sessionless request, a hit and
+/// a failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_has_one_line_per_request() {
+    let dead = Backend::closed("dead");
+    let live = Backend::start("live", Behavior::Normal).await;
+    let text = config(
+        "",
+        "",
+        "",
+        &[member(&dead, "c1", ""), member(&live, "c2", "")],
+    );
+    let mut proxy = ProxyProcess::start(&text).await;
+
+    // c1 is dead: the first request naming it finds out (2 attempts) and marks it down, so the
+    // sessionless request after it goes straight to c2.
+    let failover = get(
+        proxy.addr,
+        "/failover",
+        &[("cookie", "JSESSIONID=0000abcdefgh:c1:c2")],
+    )
+    .await;
+    let sessionless = get(proxy.addr, "/none", &[]).await;
+    let hit = get(
+        proxy.addr,
+        "/hit",
+        &[("cookie", "JSESSIONID=0000abcdefgh:c2")],
+    )
+    .await;
+    let missing_host = raw_status(
+        &raw_exchange(
+            proxy.addr,
+            b"GET /bad HTTP/1.1\r\n\r\n",
+            Duration::from_secs(2),
+        )
+        .await,
+    );
+    for reply in [&sessionless, &hit, &failover] {
+        assert_eq!((reply.status, reply.member()), (200, "live"));
+    }
+    assert_eq!(missing_host, Some(400));
+    proxy.signal("TERM");
+    assert!(proxy.wait_exit(Duration::from_secs(10)).await.success());
+
+    let log = proxy.stderr_text();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("tether::access"))
+        .collect();
+    assert_eq!(lines.len(), 4, "one access line per request:\n{log}");
+    let line = |path: &str| {
+        lines
+            .iter()
+            .find(|l| l.contains(&format!("path=\"{path}\"")))
+            .unwrap_or_else(|| panic!("no access line for {path}:\n{log}"))
+            .to_string()
+    };
+    for (path, member, affinity, attempts) in [
+        ("/none", "live", "none", 1),
+        ("/hit", "live", "hit", 1),
+        ("/failover", "live", "failover", 2),
+    ] {
+        let l = line(path);
+        for field in [
+            "route=0".to_string(),
+            "cluster=\"app\"".to_string(),
+            format!("member=\"{member}\""),
+            format!("affinity=\"{affinity}\""),
+            format!("attempts={attempts}"),
+            "status=200".to_string(),
+            "duration_us=".to_string(),
+        ] {
+            assert!(l.contains(&field), "{path}: missing {field} in {l}");
+        }
+    }
+    let bad = line("/bad");
+    assert!(
+        bad.contains("status=400") && bad.contains("attempts=0"),
+        "{bad}"
     );
 }
