@@ -111,7 +111,15 @@ impl Upstream {
         };
         while let Some(mut sender) = self.pop_idle() {
             // A connection that just finished a response may need one turn of its task to be
-            // ready again; one that does not become ready soon is dropped.
+            // ready again; one that does not become ready soon is dropped. (The check first
+            // spares the common case a timer.)
+            if sender.is_ready() {
+                return Ok(Conn {
+                    sender,
+                    reused: true,
+                    permit,
+                });
+            }
             if let Ok(Ok(())) = timeout(Duration::from_secs(1), sender.ready()).await {
                 return Ok(Conn {
                     sender,
