@@ -1,4 +1,5 @@
-//! The `tether` command line: `proxy` runs the proxy, `check` validates a config file.
+//! The `tether` command line: `proxy` runs the proxy, `check` validates a config file, `member`
+//! runs one cluster member, `demo` runs the proxy with member child processes.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +27,27 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run one cluster member: the session store (memory or replicated) and the demo app.
+    Member {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Also stop when standard input closes (used by `tether demo` for its children).
+        #[arg(long, hide = true)]
+        exit_with_parent: bool,
+    },
+    /// The proxy plus N member child processes, to try failover in one command.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value_t = 3)]
+        members: usize,
+        /// memory | replicated
+        #[arg(long, default_value = "replicated")]
+        store: String,
+        /// sync | async
+        #[arg(long, default_value = "sync")]
+        write_mode: String,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -47,6 +69,27 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Member {
+            config,
+            exit_with_parent,
+        } => match crate::member::MemberConfig::load(&config) {
+            Ok(cfg) => crate::member::run(cfg, exit_with_parent),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Demo {
+            listen,
+            members,
+            store,
+            write_mode,
+        } => crate::demo::run(crate::demo::DemoOptions {
+            listen,
+            members,
+            store,
+            write_mode,
+        }),
         Command::Proxy { config } => match Config::load(&config) {
             Ok(cfg) => crate::server::run(cfg),
             Err(e) => {

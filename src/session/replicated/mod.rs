@@ -1,0 +1,114 @@
+//! The `replicated` store: the DRS model of DESIGN.md §5.
+//!
+//! Each member keeps a local table ([`Db`]) of the sessions it owns and the copies it backs up.
+//! A write goes to the local table first (compare-and-set on the version, the point where two
+//! writers are told apart), then to `replicas` live peers chosen by [`rendezvous`] hash — in
+//! `sync` mode before the response (bounded by `timeout`), in `async` mode in batches every
+//! `write_interval`. A peer that already holds a newer version answers `Conflict`; the writer
+//! then undoes its local write and the layer sees the conflict.
+//!
+//! Since every member ranks the live peers in the same rendezvous order, two members taking the
+//! same session over at once always share at least one copy holder (each picks the top N of one
+//! list with itself left out): the race is always seen by someone.
+//!
+//! Modules: [`frame`] (wire format), [`handshake`] (version + HMAC), [`link`] (outbound links,
+//! liveness), [`server`] (inbound requests), [`rendezvous`], [`store`] (the [`SessionStore`]
+//! impl: load with takeover, save, re-replication).
+
+pub mod frame;
+pub mod handshake;
+pub mod link;
+pub mod rendezvous;
+pub mod server;
+mod store;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+pub use store::ReplicatedStore;
+
+/// How many peers hold a copy of each session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replicas {
+    Count(usize),
+    /// The whole replication domain.
+    All,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// The response waits for the replicas' acknowledgement (bounded by `timeout`).
+    Sync,
+    /// Copies are sent in batches every `write_interval`.
+    Async,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteContents {
+    /// Only the attributes a request changed (a full copy to a holder that lacks the base).
+    Changed,
+    /// The whole session on every write.
+    All,
+}
+
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    pub clone_id: String,
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReplicationConfig {
+    /// This member's clone id.
+    pub clone_id: String,
+    /// The other members of the replication domain.
+    pub peers: Vec<PeerConfig>,
+    pub secret: Vec<u8>,
+    pub replicas: Replicas,
+    pub write_mode: WriteMode,
+    pub write_interval: Duration,
+    pub write_contents: WriteContents,
+    /// Bound on one peer round trip (sync ack, takeover fetch, handshake).
+    pub timeout: Duration,
+    pub max_frame: usize,
+    pub max_sessions: usize,
+    /// The protocol version spoken; [`frame::PROTOCOL_VERSION`] except in refusal tests.
+    pub protocol_version: u16,
+}
+
+impl ReplicationConfig {
+    /// Defaults: 1 replica, sync, changed attributes, 10 s write interval, 5 s timeout.
+    pub fn new(clone_id: &str, secret: &[u8], peers: Vec<PeerConfig>) -> ReplicationConfig {
+        ReplicationConfig {
+            clone_id: clone_id.to_owned(),
+            peers,
+            secret: secret.to_vec(),
+            replicas: Replicas::Count(1),
+            write_mode: WriteMode::Sync,
+            write_interval: Duration::from_secs(10),
+            write_contents: WriteContents::Changed,
+            timeout: Duration::from_secs(5),
+            max_frame: frame::DEFAULT_MAX_FRAME,
+            max_sessions: 100_000,
+            protocol_version: frame::PROTOCOL_VERSION,
+        }
+    }
+}
+
+/// Counters of the replicated store (the member's `/_tether/stats` shows them).
+#[derive(Debug, Default)]
+pub struct ReplicationStats {
+    /// Sessions taken over from a peer (or from a local replica).
+    pub takeovers: AtomicU64,
+    /// Requests whose cookie named a session that no member had any more.
+    pub lost: AtomicU64,
+    /// Sync writes a replica did not acknowledge in time (kept locally).
+    pub write_timeouts: AtomicU64,
+    /// Copies sent by re-replication after the live set changed.
+    pub rereplicated: AtomicU64,
+    /// Conflicts reported to the layer.
+    pub conflicts: AtomicU64,
+    /// The live-set generation the last finished re-replication ran for.
+    pub settled_view: AtomicU64,
+}

@@ -1,0 +1,366 @@
+//! Harness for the session tests: a tiny HTTP/1.1 client (one request per connection, every
+//! call bounded), members in-process (each on its own runtime, so "kill" drops every socket at
+//! once like `kill -9`) or as real `tether member` processes, and the real proxy in-process.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tether::demo::{member_config, proxy_config, PlannedMember};
+use tether::member::MemberConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub const SECRET: &str = "test-secret-0123456789";
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub set_cookie: Vec<String>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+    /// The `JSESSIONID` value this reply sets, if any (empty when it deletes the cookie).
+    pub fn session_cookie(&self) -> Option<String> {
+        self.set_cookie.iter().find_map(|c| {
+            let v = c.strip_prefix("JSESSIONID=")?;
+            Some(v.split(';').next().unwrap_or("").to_owned())
+        })
+    }
+    pub fn count(&self) -> u64 {
+        self.json()["count"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no count: {}", self.body))
+    }
+    pub fn member(&self) -> String {
+        self.json()["member"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// `GET path` with an optional `JSESSIONID` cookie value; `Connection: close`.
+pub async fn get(addr: SocketAddr, path: &str, cookie: Option<&str>) -> std::io::Result<Reply> {
+    tokio::time::timeout(CALL_TIMEOUT, async {
+        let mut s = TcpStream::connect(addr).await?;
+        let cookie = cookie
+            .map(|c| format!("Cookie: JSESSIONID={c}\r\n"))
+            .unwrap_or_default();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\n{cookie}Connection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await?;
+        parse(&raw).ok_or_else(|| {
+            std::io::Error::other(format!("bad response: {:?}", String::from_utf8_lossy(&raw)))
+        })
+    })
+    .await
+    .map_err(|_| std::io::Error::other("call timed out"))?
+}
+
+fn parse(raw: &[u8]) -> Option<Reply> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let mut lines = head.lines();
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let mut set_cookie = Vec::new();
+    let mut chunked = false;
+    for line in lines {
+        let (name, value) = line.split_once(':')?;
+        if name.eq_ignore_ascii_case("set-cookie") {
+            set_cookie.push(value.trim().to_owned());
+        }
+        if name.eq_ignore_ascii_case("transfer-encoding") && value.contains("chunked") {
+            chunked = true;
+        }
+    }
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Some(Reply {
+        status,
+        set_cookie,
+        body,
+    })
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A client session: keeps the cookie the way a browser would.
+#[derive(Debug, Clone, Default)]
+pub struct Client {
+    pub cookie: Option<String>,
+}
+
+impl Client {
+    pub async fn get(&mut self, addr: SocketAddr, path: &str) -> Reply {
+        let r = get(addr, path, self.cookie.as_deref())
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        if let Some(c) = r.session_cookie() {
+            self.cookie = (!c.is_empty()).then_some(c);
+        }
+        r
+    }
+    /// The clone ids in the cookie, owner first.
+    pub fn clones(&self) -> Vec<String> {
+        self.cookie.as_deref().map_or_else(Vec::new, |c| {
+            c.split(':').skip(1).map(str::to_owned).collect()
+        })
+    }
+}
+
+/// Loopback listeners on port 0 for `n` members (kept bound until a member takes them).
+pub fn plan(n: usize) -> (Vec<PlannedMember>, Vec<(StdListener, StdListener)>) {
+    let mut planned = Vec::new();
+    let mut listeners = Vec::new();
+    for i in 1..=n {
+        let app = StdListener::bind("127.0.0.1:0").unwrap();
+        let peer = StdListener::bind("127.0.0.1:0").unwrap();
+        planned.push(PlannedMember {
+            clone_id: format!("c{i}"),
+            app: app.local_addr().unwrap(),
+            peer: peer.local_addr().unwrap(),
+        });
+        listeners.push((app, peer));
+    }
+    (planned, listeners)
+}
+
+/// The member config for `members[i]`, replicated, with extra `[replication]` lines.
+pub fn config(members: &[PlannedMember], i: usize, write_mode: &str, extra: &str) -> MemberConfig {
+    let extra = format!("timeout = \"2s\"\n{extra}");
+    MemberConfig::parse(&member_config(
+        members,
+        i,
+        "replicated",
+        write_mode,
+        SECRET,
+        &extra,
+    ))
+    .unwrap()
+}
+
+/// A member in this process on its own runtime; [`InProcess::kill`] drops it abruptly.
+pub struct InProcess {
+    pub clone_id: String,
+    pub addr: SocketAddr,
+    kill: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl InProcess {
+    pub fn start(config: MemberConfig, app: StdListener, peer: Option<StdListener>) -> InProcess {
+        let clone_id = config.clone_id.clone();
+        let addr = app.local_addr().unwrap();
+        let (kill, killed) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.spawn(async move {
+                app.set_nonblocking(true).unwrap();
+                let app = tokio::net::TcpListener::from_std(app).unwrap();
+                let peer = peer.map(|p| {
+                    p.set_nonblocking(true).unwrap();
+                    tokio::net::TcpListener::from_std(p).unwrap()
+                });
+                tether::member::serve(config, app, peer, std::future::pending())
+                    .await
+                    .unwrap();
+            });
+            // Blocks this thread (not the runtime's workers) until killed or dropped.
+            killed.recv().ok();
+            rt.shutdown_background();
+        });
+        InProcess {
+            clone_id,
+            addr,
+            kill: Some(kill),
+            thread: Some(thread),
+        }
+    }
+
+    /// Rebinds the same addresses (same clone id) after a kill.
+    pub fn restart(config: MemberConfig, peer_addr: SocketAddr) -> InProcess {
+        let app = bind_retry(config.listen);
+        let peer = bind_retry(peer_addr);
+        InProcess::start(config, app, Some(peer))
+    }
+
+    pub fn kill(&mut self) {
+        self.kill.take();
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn bind_retry(addr: SocketAddr) -> StdListener {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match StdListener::bind(addr) {
+            Ok(l) => return l,
+            Err(e) if Instant::now() > deadline => panic!("rebind {addr}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// Starts `n` replicated members in-process.
+pub fn start_cluster(
+    n: usize,
+    write_mode: &str,
+    extra: &str,
+) -> (Vec<PlannedMember>, Vec<InProcess>) {
+    let (planned, listeners) = plan(n);
+    let members = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(i, (app, peer))| {
+            InProcess::start(config(&planned, i, write_mode, extra), app, Some(peer))
+        })
+        .collect();
+    (planned, members)
+}
+
+/// The real proxy in-process in front of `members`; stops when the returned sender drops.
+pub async fn start_proxy(
+    members: &[PlannedMember],
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let text =
+        proxy_config(addr, members).replace("retry_interval = \"2s\"", "retry_interval = \"1s\"");
+    let config = tether::config::Config::parse(&text).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        tether::server::serve(vec![listener], config, async move {
+            stopped.await.ok();
+        })
+        .await
+        .unwrap();
+    });
+    (addr, stop)
+}
+
+/// The member's `/_tether/stats`.
+pub async fn stats(addr: SocketAddr) -> serde_json::Value {
+    get(addr, "/_tether/stats", None).await.unwrap().json()
+}
+
+/// Waits until every member in `addrs` sees `peers` live peers and has settled, at most 15 s.
+pub async fn wait_settled(addrs: &[SocketAddr], peers: usize) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut ok = true;
+        for addr in addrs {
+            let s = stats(*addr).await;
+            ok &= s["live_peers"].as_array().map_or(0, Vec::len) == peers && s["settled"] == true;
+        }
+        if ok {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cluster did not settle with {peers} live peers each"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A real `tether member` process, killed with SIGKILL on drop.
+pub struct Process {
+    pub clone_id: String,
+    pub addr: SocketAddr,
+    pub child: Child,
+    _dir: PathBuf,
+}
+
+impl Process {
+    pub fn spawn(
+        members: &[PlannedMember],
+        i: usize,
+        write_mode: &str,
+        dir: &std::path::Path,
+    ) -> Process {
+        let text = member_config(
+            members,
+            i,
+            "replicated",
+            write_mode,
+            SECRET,
+            "timeout = \"2s\"\n",
+        );
+        let path = dir.join(format!("{}.toml", members[i].clone_id));
+        std::fs::write(&path, text).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tether"))
+            .args(["member", "--config"])
+            .arg(&path)
+            .arg("--exit-with-parent")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Process {
+            clone_id: members[i].clone_id.clone(),
+            addr: members[i].app,
+            child,
+            _dir: path,
+        }
+    }
+
+    /// `kill -9` by PID and reap.
+    pub fn kill9(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Waits until `addr` accepts connections, at most 10 s.
+pub async fn wait_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "{addr} never listened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
