@@ -15,12 +15,12 @@
 //! liveness), [`server`] (inbound requests), [`rendezvous`], [`store`] (the [`SessionStore`]
 //! impl: load with takeover, save, re-replication).
 
-pub mod frame;
-pub mod handshake;
-pub mod link;
-pub mod rendezvous;
-pub mod server;
-mod store;
+pub mod frame; // wire format: frame types, encode, framed I/O (decoder in frame/decode.rs)
+pub mod handshake; // protocol version check and mutual HMAC challenge–response
+pub mod link; // outbound peer links: dial, multiplexed requests, liveness
+pub mod rendezvous; // rendezvous hashing: which live peers hold a session's copies
+pub mod server; // inbound peer links: answer requests against the local table
+mod store; // the SessionStore impl (write/load/background halves in store/*.rs)
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
