@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Figures for the README (not a test; timings are never asserted):
 #   1. requests/s of the demo app's GET /count through the proxy, 3 members, one session per
-#      wrk connection, for store memory / replicated async / replicated sync;
+#      wrk connection, for store memory / replicated async / replicated sync / redis (one local
+#      redis-server started here, no persistence), all in the same run;
 #   2. bytes of memory per stored session at 100k sessions of 1 KiB (memory store, one member:
 #      RSS growth / sessions).
 # Everything on 127.0.0.1; every process started here is stopped by PID.
 #   DURATION=10s CONNECTIONS=32 SESSIONS=100000 scripts/session-bench.sh
+# PER_SESSION=0 skips part 2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-32}
 SESSIONS=${SESSIONS:-100000}
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
 cargo build --release --quiet
 bin=target/release/tether
 work=$(mktemp -d)
@@ -36,18 +39,23 @@ end
 LUA
 
 echo "## requests/s through the proxy (3 members, $CONNECTIONS connections, $DURATION)"
-for mode in "memory sync" "replicated async" "replicated sync"; do
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >/dev/null &
+pids+=("$!")
+for _ in $(seq 1 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+for mode in "memory sync" "replicated async" "replicated sync" "redis://127.0.0.1:$redis_port sync"; do
   set -- $mode
   port=$(free_port)
   RUST_LOG=error "$bin" demo --listen "127.0.0.1:$port" --members 3 --store "$1" --write-mode "$2" >"$work/demo.out" 2>/dev/null &
   demo=$!; pids+=("$demo")
   wait_http "http://127.0.0.1:$port/count"
-  label="$1"; [ "$1" = replicated ] && label="$1 $2"
+  label="$1"; [ "$1" = replicated ] && label="$1 $2"; case "$1" in redis*) label=redis;; esac
   rps=$(wrk -t2 -c"$CONNECTIONS" -d"$DURATION" -s "$work/session.lua" "http://127.0.0.1:$port/count" | awk '/Requests\/sec/ {print $2}')
   printf '%-18s %s req/s\n' "$label" "$rps"
   kill "$demo"; wait "$demo" 2>/dev/null || true
 done
 
+[ "${PER_SESSION:-1}" = 0 ] && exit 0
 echo "## memory per session ($SESSIONS sessions of 1 KiB, memory store)"
 port=$(free_port)
 cat > "$work/m.toml" <<TOML

@@ -5,7 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-# (Dependencies of later tests, such as redis-server, are added here when the tests need them.)
+# The Redis tests (tests/redis_*.rs) start real redis-server processes; the cluster test forms
+# the cluster with redis-cli (package redis-tools).
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v redis-cli >/dev/null || need_apt+=(redis-tools)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
@@ -14,5 +17,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
-cargo build --all-targets --locked 2>/dev/null || cargo build --all-targets
-cargo test --all-targets -- --test-threads="${TEST_THREADS:-4}"
+# The thread count goes through the environment: criterion's bench binaries (built and run
+# once in test mode by --all-targets) take no libtest flags.
+export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
+cargo test --all-targets --locked

@@ -27,7 +27,7 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Run one cluster member: the session store (memory or replicated) and the demo app.
+    /// Run one cluster member: the session store (memory, replicated or redis) and the demo app.
     Member {
         #[arg(long, short)]
         config: PathBuf,
@@ -41,7 +41,7 @@ enum Command {
         listen: std::net::SocketAddr,
         #[arg(long, default_value_t = 3)]
         members: usize,
-        /// memory | replicated
+        /// memory | replicated | redis://HOST:PORT (or rediss://USER:PASSWORD@HOST:PORT)
         #[arg(long, default_value = "replicated")]
         store: String,
         /// sync | async

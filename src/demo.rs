@@ -19,7 +19,7 @@ use crate::config::Config;
 pub struct DemoOptions {
     pub listen: SocketAddr,
     pub members: usize,
-    /// `"memory"` or `"replicated"`.
+    /// `"memory"`, `"replicated"`, or a Redis URL (`redis://HOST:PORT`, `rediss://…`).
     pub store: String,
     /// `"sync"` or `"async"`.
     pub write_mode: String,
@@ -61,10 +61,16 @@ pub fn member_config(
     extra_replication: &str,
 ) -> String {
     let me = &members[index];
+    // A Redis URL as the store (issue 4): `store = "redis"` and a [redis] table with that url.
+    let redis_url = is_redis_url(store).then_some(store);
+    let kind = if redis_url.is_some() { "redis" } else { store };
     let mut out = format!(
-        "[member]\nclone_id = \"{}\"\nlisten = \"{}\"\n\n[session]\nstore = \"{store}\"\n\n",
+        "[member]\nclone_id = \"{}\"\nlisten = \"{}\"\n\n[session]\nstore = \"{kind}\"\n\n",
         me.clone_id, me.app
     );
+    if let Some(url) = redis_url {
+        let _ = write!(out, "[redis]\nurl = \"{url}\"\n");
+    }
     if store == "replicated" {
         let _ = write!(
             out,
@@ -82,6 +88,11 @@ pub fn member_config(
         }
     }
     out
+}
+
+/// `true` for a `redis://` or `rediss://` URL (the demo's `--store redis://HOST:PORT`).
+pub fn is_redis_url(store: &str) -> bool {
+    store.starts_with("redis://") || store.starts_with("rediss://")
 }
 
 /// The proxy config text: one cluster `demo` with the members, every route to it.
@@ -219,8 +230,8 @@ fn run_inner(opts: &DemoOptions) -> Result<(), String> {
     if opts.members == 0 || opts.members > 64 {
         return Err("--members: between 1 and 64".into());
     }
-    if !matches!(opts.store.as_str(), "memory" | "replicated") {
-        return Err("--store: memory or replicated".into());
+    if !matches!(opts.store.as_str(), "memory" | "replicated") && !is_redis_url(&opts.store) {
+        return Err("--store: memory, replicated or redis://HOST:PORT".into());
     }
     if !matches!(opts.write_mode.as_str(), "sync" | "async") {
         return Err("--write-mode: sync or async".into());

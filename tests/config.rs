@@ -141,7 +141,7 @@ fn minimal_conf_has_the_documented_defaults() {
         (a.format, a.separator, a.strict),
         (IdFormat::WebSphere, b':', false)
     );
-    assert_eq!(a.cookies, ["JSESSIONID".into()]);
+    assert_eq!(a.cookies, [Box::<str>::from("JSESSIONID")]);
     assert_eq!(a.url_parameter.as_deref(), Some("jsessionid"));
     let m = &c.members[0];
     assert_eq!((m.weight, m.role, m.max_connections), (1, Role::Primary, 0));

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::{parse_duration, parse_size, IdFormat};
+use crate::session::redis::{RawRedis, RedisConfig};
 use crate::session::replicated::{
     frame, PeerConfig, Replicas, ReplicationConfig, WriteContents, WriteMode,
 };
@@ -21,6 +22,8 @@ struct Raw {
     #[serde(default)]
     session: RawSession,
     replication: Option<RawReplication>,
+    // store = "redis" (issue 4)
+    redis: Option<RawRedis>,
 }
 
 #[derive(Deserialize)]
@@ -79,6 +82,7 @@ struct RawPeer {
 pub enum StoreKind {
     Memory,
     Replicated,
+    Redis,
 }
 
 /// A validated member config.
@@ -91,6 +95,8 @@ pub struct MemberConfig {
     pub max_sessions: usize,
     /// Present when `store = "replicated"`.
     pub replication: Option<(SocketAddr, ReplicationConfig)>,
+    /// Present when `store = "redis"`.
+    pub redis: Option<RedisConfig>,
 }
 
 fn addr(key: &str, text: &str) -> Result<SocketAddr, String> {
@@ -135,9 +141,10 @@ impl MemberConfig {
         let store = match s.store.as_deref().unwrap_or("replicated") {
             "memory" => StoreKind::Memory,
             "replicated" => StoreKind::Replicated,
+            "redis" => StoreKind::Redis,
             other => {
                 return Err(format!(
-                    "session.store: {other:?} is not one of \"memory\", \"replicated\""
+                    "session.store: {other:?} is not one of \"memory\", \"replicated\", \"redis\""
                 ))
             }
         };
@@ -194,8 +201,23 @@ impl MemberConfig {
         if max_sessions == 0 {
             return Err("session.max_sessions: must be at least 1".into());
         }
+        let redis = match (store, raw.redis) {
+            (StoreKind::Redis, Some(r)) => Some(RedisConfig::from_raw(r)?),
+            (StoreKind::Redis, None) => {
+                return Err(
+                    "session.store = \"redis\" needs the [redis] table (url, cluster or sentinels)"
+                        .into(),
+                )
+            }
+            (_, Some(_)) => {
+                return Err(
+                    "redis: the [redis] table is only read with session.store = \"redis\"".into(),
+                )
+            }
+            (_, None) => None,
+        };
         let replication = match (store, raw.replication) {
-            (StoreKind::Memory, _) => None,
+            (StoreKind::Memory | StoreKind::Redis, _) => None,
             (StoreKind::Replicated, None) => {
                 return Err("replication: the [replication] table is required with session.store = \"replicated\"".into())
             }
@@ -208,6 +230,7 @@ impl MemberConfig {
             session,
             max_sessions,
             replication,
+            redis,
         })
     }
 }
@@ -373,6 +396,28 @@ address = "127.0.0.1:9182"
             assert!(err.contains(key), "{key}: {err}");
             assert!(!err.contains("0123456789abcdef"), "secret leaked: {err}");
         }
+    }
+
+    #[test]
+    fn redis_store_reads_the_redis_table() {
+        let base =
+            "[member]\nclone_id = \"m1\"\nlisten = \"127.0.0.1:1\"\n[session]\nstore = \"redis\"\n";
+        let c = MemberConfig::parse(&format!(
+            "{base}[redis]\nurl = \"redis://127.0.0.1:6379\"\nretries = 1\n"
+        ))
+        .unwrap();
+        assert_eq!(c.store, StoreKind::Redis);
+        assert_eq!(c.redis.unwrap().retries, 1);
+        let err = MemberConfig::parse(base).unwrap_err();
+        assert!(err.contains("[redis]"), "{err}");
+        let err = MemberConfig::parse(&format!(
+            "{base}[redis]\nurl = \"redis://u:pw-secret@h:1\"\nretries = 99\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.contains("redis.retries") && !err.contains("pw-secret"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! `tether member`: one cluster member — its session store (memory or replicated, with the peer
-//! listener) and the demo app behind the [`SessionLayer`] on an HTTP/1.1 listener.
+//! `tether member`: one cluster member — its session store (memory, replicated with the peer
+//! listener, or redis) and the demo app behind the [`SessionLayer`] on an HTTP/1.1 listener.
 
 pub mod app;
 pub mod config;
@@ -19,6 +19,7 @@ use tower::{Layer, Service};
 
 pub use config::{MemberConfig, StoreKind};
 
+use crate::session::redis::RedisStore;
 use crate::session::replicated::ReplicatedStore;
 use crate::session::{MemoryStore, SessionLayer, SessionStore};
 use app::{DemoApp, StatsFn};
@@ -29,6 +30,23 @@ pub fn build_store(
     peer_listener: Option<TcpListener>,
 ) -> std::io::Result<(Arc<dyn SessionStore>, StatsFn)> {
     let clone_id = config.clone_id.clone();
+    // store = "redis" (issue 4): the sessions live in Redis; connects lazily.
+    if let Some(redis) = &config.redis {
+        let store = Arc::new(RedisStore::new(&config.clone_id, redis.clone()).map_err(std::io::Error::other)?);
+        let s = store.clone();
+        let stats: StatsFn = Arc::new(move || {
+            let st = s.stats();
+            serde_json::json!({
+                "member": clone_id,
+                "store": "redis",
+                "unavailable": st.unavailable.load(Ordering::Relaxed),
+                "retries": st.retries.load(Ordering::Relaxed),
+                "conflicts": st.conflicts.load(Ordering::Relaxed),
+                "unreplicated": st.unreplicated.load(Ordering::Relaxed),
+            })
+        });
+        return Ok((store, stats));
+    }
     match (&config.replication, peer_listener) {
         (Some((_, repl)), Some(listener)) => {
             let store = Arc::new(ReplicatedStore::start(repl.clone(), listener));

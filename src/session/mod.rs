@@ -5,6 +5,8 @@
 //! - [`id`] mints session ids (128 bits from the OS CSPRNG) and writes the cookie value with the
 //!   shared codec in [`crate::affinity`] (one codec for the proxy and the members);
 //! - [`memory`] is the one-member store: one lock, an expiry index, a purge task;
+//! - [`redis`] keeps sessions in Redis (standalone, TLS, Sentinel, Cluster): one hash per
+//!   session, a Lua compare-and-set, TTL = max inactive;
 //! - [`replicated`] is the DRS-model store: the memory store plus peer links that copy each write
 //!   to `replicas` peers chosen by rendezvous hash, takeover and re-replication;
 //! - [`layer`] is the tower layer and [`SessionHandle`], the handler's view of its session.
@@ -17,6 +19,8 @@
 pub mod id;
 pub mod layer;
 pub mod memory;
+// The Redis backend (issue 4): src/session/redis/.
+pub mod redis;
 pub mod replicated;
 
 use std::collections::BTreeMap;

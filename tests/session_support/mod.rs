@@ -315,14 +315,18 @@ impl Process {
         write_mode: &str,
         dir: &std::path::Path,
     ) -> Process {
-        let text = member_config(
-            members,
-            i,
-            "replicated",
-            write_mode,
-            SECRET,
-            "timeout = \"2s\"\n",
-        );
+        Process::spawn_store(members, i, "replicated", write_mode, dir)
+    }
+
+    /// [`Process::spawn`] with another store: `"memory"`, `"replicated"` or a Redis URL.
+    pub fn spawn_store(
+        members: &[PlannedMember],
+        i: usize,
+        store: &str,
+        write_mode: &str,
+        dir: &std::path::Path,
+    ) -> Process {
+        let text = member_config(members, i, store, write_mode, SECRET, "timeout = \"2s\"\n");
         let path = dir.join(format!("{}.toml", members[i].clone_id));
         std::fs::write(&path, text).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_tether"))
