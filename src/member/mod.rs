@@ -32,7 +32,9 @@ pub fn build_store(
     let clone_id = config.clone_id.clone();
     // store = "redis" (issue 4): the sessions live in Redis; connects lazily.
     if let Some(redis) = &config.redis {
-        let store = Arc::new(RedisStore::new(&config.clone_id, redis.clone()).map_err(std::io::Error::other)?);
+        let store = Arc::new(
+            RedisStore::new(&config.clone_id, redis.clone()).map_err(std::io::Error::other)?,
+        );
         let s = store.clone();
         let stats: StatsFn = Arc::new(move || {
             let st = s.stats();
