@@ -11,7 +11,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::IpNet;
 
-const HOP_BY_HOP: [HeaderName; 7] = [
+const HOP_COUNT: usize = 7;
+const HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -71,8 +72,22 @@ fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 /// Removes the hop-by-hop headers and those the `Connection` header names.
+///
+/// One pass over the names first: most messages carry none of them, or only `Connection`, and
+/// a removal costs a hash lookup whether or not the header is there.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
+    let mut present = [false; HOP_COUNT];
+    let mut any = false;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+            any = true;
+        }
+    }
+    if !any {
+        return;
+    }
+    if present[0] {
         let named: Vec<HeaderValue> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -82,13 +97,18 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
             let Ok(text) = value.to_str() else { continue };
             for name in text.split(',') {
                 let name = name.trim();
-                if !name.is_empty() {
+                // `keep-alive` and `close` are options, not header names (a `Keep-Alive`
+                // header is removed below anyway).
+                if !name.is_empty()
+                    && !name.eq_ignore_ascii_case("keep-alive")
+                    && !name.eq_ignore_ascii_case("close")
+                {
                     headers.remove(name);
                 }
             }
         }
     }
-    for name in &HOP_BY_HOP {
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(name);
     }
 }
