@@ -19,6 +19,7 @@ pub struct RawRedis {
     username: Option<String>,
     password: Option<String>,
     password_file: Option<String>,
+    ca_file: Option<String>,
     connect_timeout: Option<String>,
     response_timeout: Option<String>,
     retries: Option<u32>,
@@ -43,6 +44,22 @@ pub enum Topology {
     },
 }
 
+/// The certificate authorities a `rediss://` connection trusts instead of the system roots
+/// (`ca_file`): read and checked when the config is loaded.
+#[derive(Clone)]
+pub struct CaFile {
+    /// Where it was read from (for log lines).
+    pub path: String,
+    /// The PEM text: one or more `CERTIFICATE` blocks.
+    pub pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for CaFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.path)
+    }
+}
+
 /// A validated `[redis]` table.
 #[derive(Clone)]
 pub struct RedisConfig {
@@ -51,6 +68,9 @@ pub struct RedisConfig {
     pub username: Option<String>,
     /// AUTH password; overrides the one in the URLs.
     pub password: Option<String>,
+    /// TLS: trust these CAs (PEM) for every `rediss://` connection (server, cluster nodes,
+    /// sentinels, and the master with `sentinel_master_tls`); `None`: the system roots.
+    pub ca_file: Option<CaFile>,
     /// One TCP (+TLS, +AUTH) connect, at most.
     pub connect_timeout: Duration,
     /// One command's reply, at most.
@@ -76,6 +96,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("topology", &topology)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("ca_file", &self.ca_file)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("retries", &self.retries)
@@ -93,6 +114,7 @@ impl RedisConfig {
             topology: Topology::Standalone(url.to_owned()),
             username: None,
             password: None,
+            ca_file: None,
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),
             retries: 2,
@@ -166,10 +188,15 @@ impl RedisConfig {
                 return Err("redis: set password or password_file, not both".into())
             }
         };
+        let ca_file = raw.ca_file.as_deref().map(read_ca_file).transpose()?;
+        if ca_file.is_some() {
+            check_ca_use(&topology)?;
+        }
         let mut config = RedisConfig::standalone("");
         config.topology = topology;
         config.username = raw.username;
         config.password = password;
+        config.ca_file = ca_file;
         config.connect_timeout = positive(
             "redis.connect_timeout",
             raw.connect_timeout.as_deref(),
@@ -218,6 +245,69 @@ fn check_url(key: &str, url: &str) -> Result<(), String> {
     redis::IntoConnectionInfo::into_connection_info(url)
         .map(drop)
         .map_err(|e| format!("{key}: not a valid Redis URL ({:?})", e.kind()))
+}
+
+/// Reads `ca_file`: PEM, at least one `CERTIFICATE`, each usable as a trust anchor.
+fn read_ca_file(path: &str) -> Result<CaFile, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+
+    let pem = std::fs::read(path).map_err(|e| format!("redis.ca_file: cannot read {path}: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("redis.ca_file: {path}: not PEM ({e})"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("redis.ca_file: {path}: not a usable CA certificate ({e})"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "redis.ca_file: {path} holds no PEM CERTIFICATE block"
+        ));
+    }
+    Ok(CaFile {
+        path: path.to_owned(),
+        pem,
+    })
+}
+
+/// `ca_file` is only read by TLS connections: refuse it where none is configured (a CA file on
+/// a `redis://` URL would suggest a protection that is not there).
+fn check_ca_use(topology: &Topology) -> Result<(), String> {
+    let tls = |url: &String| url.starts_with("rediss://");
+    match topology {
+        Topology::Standalone(url) if tls(url) => Ok(()),
+        Topology::Cluster(nodes) if nodes.iter().all(tls) => Ok(()),
+        Topology::Sentinel {
+            sentinels,
+            master_tls,
+            ..
+        } if *master_tls || sentinels.iter().any(tls) => {
+            // The crate hands a CA to the master's connections only together with one AUTH for
+            // every sentinel: the sentinel URLs must agree on user and password.
+            if *master_tls {
+                let auth = |url: &String| {
+                    redis::IntoConnectionInfo::into_connection_info(url.as_str())
+                        .map(|i| {
+                            let r = i.redis_settings();
+                            (
+                                r.username().map(str::to_owned),
+                                r.password().map(str::to_owned),
+                            )
+                        })
+                        .ok()
+                };
+                let first = auth(&sentinels[0]);
+                if sentinels.iter().any(|s| auth(s) != first) {
+                    return Err("redis.sentinels: with ca_file and sentinel_master_tls, every sentinel URL must carry the same user and password".into());
+                }
+            }
+            Ok(())
+        }
+        _ => Err(
+            "redis.ca_file: only with TLS (rediss:// URLs, or sentinel_master_tls = true)".into(),
+        ),
+    }
 }
 
 fn positive(key: &str, text: Option<&str>, default: Duration) -> Result<Duration, String> {
@@ -292,6 +382,87 @@ mod tests {
                 .err()
                 .unwrap_or_else(|| panic!("{text:?} parsed"));
             assert!(err.contains(key), "{key}: {err}");
+            assert!(!err.contains("hunter2"), "password leaked: {err}");
+        }
+    }
+
+    /// A self-signed CA certificate in PEM, made now.
+    fn ca_pem() -> String {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    #[test]
+    fn ca_file_is_read_checked_and_only_taken_with_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, ca_pem()).unwrap();
+        let ca = ca.display().to_string();
+        let c = parse(&format!(
+            "url = \"rediss://u:pw-9@127.0.0.1:6380\"\nca_file = \"{ca}\""
+        ))
+        .unwrap();
+        let read = c.ca_file.as_ref().unwrap();
+        assert!(read.pem.starts_with(b"-----BEGIN CERTIFICATE-----"));
+        assert!(format!("{c:?}").contains(&ca), "{c:?}");
+        // The TLS topologies take it.
+        for ok in [
+            "cluster = [\"rediss://a:1\", \"rediss://b:1\"]".to_owned(),
+            "sentinels = [\"redis://s:1\"]\nsentinel_master = \"m\"\nsentinel_master_tls = true"
+                .to_owned(),
+            "sentinels = [\"rediss://s:1\"]\nsentinel_master = \"m\"".to_owned(),
+        ] {
+            parse(&format!("{ok}\nca_file = \"{ca}\"")).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate\n").unwrap();
+        let key_only = dir.path().join("key.pem");
+        std::fs::write(
+            &key_only,
+            rcgen::KeyPair::generate().unwrap().serialize_pem(),
+        )
+        .unwrap();
+        let missing = dir.path().join("missing.pem");
+        let cases = [
+            (
+                format!("url = \"redis://u:hunter2@a:1\"\nca_file = \"{ca}\""),
+                "only with TLS",
+            ),
+            (
+                format!("cluster = [\"rediss://a:1\", \"rediss://b:1\"]\nca_file = \"{}\"", missing.display()),
+                "cannot read",
+            ),
+            (
+                format!("url = \"rediss://a:1\"\nca_file = \"{}\"", garbage.display()),
+                "no PEM CERTIFICATE",
+            ),
+            (
+                format!("url = \"rediss://a:1\"\nca_file = \"{}\"", key_only.display()),
+                "no PEM CERTIFICATE",
+            ),
+            (
+                format!("sentinels = [\"redis://s:1\"]\nsentinel_master = \"m\"\nca_file = \"{ca}\""),
+                "only with TLS",
+            ),
+            (
+                format!(
+                    "sentinels = [\"redis://:hunter2@s:1\", \"redis://s:2\"]\nsentinel_master = \"m\"\n\
+                     sentinel_master_tls = true\nca_file = \"{ca}\""
+                ),
+                "same user and password",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = parse(&text)
+                .err()
+                .unwrap_or_else(|| panic!("{text:?} parsed"));
+            assert!(
+                err.contains(expected) && err.contains("redis."),
+                "{expected}: {err}"
+            );
             assert!(!err.contains("hunter2"), "password leaked: {err}");
         }
     }

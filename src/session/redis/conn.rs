@@ -13,10 +13,13 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::sentinel::{
+    SentinelClient, SentinelClientBuilder, SentinelNodeConnectionInfo, SentinelServerType,
+};
 use redis::{
-    AsyncConnectionConfig, Client, Cmd, IntoConnectionInfo, Pipeline, RedisConnectionInfo,
-    RedisError, RedisFuture, RedisResult, TlsMode, Value,
+    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo,
+    Pipeline, RedisConnectionInfo, RedisError, RedisFuture, RedisResult, TlsCertificates, TlsMode,
+    Value,
 };
 
 use super::config::{RedisConfig, Topology};
@@ -96,6 +99,21 @@ impl Connector {
                 None => info,
             }
         };
+        // `ca_file`: every rediss:// connection trusts these CAs instead of the system roots.
+        let certs = config.ca_file.as_ref().map(|ca| TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca.pem.clone()),
+        });
+        let with_ca = |info: ConnectionInfo| -> RedisResult<ConnectionInfo> {
+            match (&certs, info.addr()) {
+                (Some(certs), ConnectionAddr::TcpTls { .. }) => {
+                    Ok(Client::build_with_tls(info, certs.clone())?
+                        .get_connection_info()
+                        .clone())
+                }
+                _ => Ok(info),
+            }
+        };
         // `WAIT` may take `wait_timeout` before it answers: the reply bound must allow it.
         let reply_timeout = config.response_timeout
             + if config.wait_replicas > 0 {
@@ -105,7 +123,7 @@ impl Connector {
             };
         let source = match &config.topology {
             Topology::Standalone(url) => {
-                let info = url.as_str().into_connection_info()?;
+                let info = with_ca(url.as_str().into_connection_info()?)?;
                 let redis = settings(info.redis_settings().clone());
                 Source::Standalone(Client::open(info.set_redis_settings(redis))?)
             }
@@ -124,6 +142,9 @@ impl Connector {
                 if let Some(p) = &config.password {
                     builder = builder.password(p);
                 }
+                if let Some(certs) = &certs {
+                    builder = builder.certs(certs.clone());
+                }
                 Source::Cluster(builder.build()?)
             }
             Topology::Sentinel {
@@ -131,17 +152,50 @@ impl Connector {
                 master,
                 master_tls,
             } => {
-                let mut node = SentinelNodeConnectionInfo::default()
-                    .set_redis_connection_info(settings(RedisConnectionInfo::default()));
-                if *master_tls {
-                    node = node.set_tls_mode(TlsMode::Secure);
-                }
-                let client = SentinelClient::build(
-                    sentinels.iter().map(String::as_str).collect(),
-                    master,
-                    Some(node),
-                    SentinelServerType::Master,
-                )?;
+                let sentinels = sentinels
+                    .iter()
+                    .map(|url| with_ca(url.as_str().into_connection_info()?))
+                    .collect::<RedisResult<Vec<_>>>()?;
+                let client = match (&certs, *master_tls) {
+                    // Only the builder hands the CA to the master's connections; it gives every
+                    // sentinel one AUTH (the config checked that the sentinel URLs agree on it).
+                    (Some(certs), true) => {
+                        let auth = sentinels[0].redis_settings().clone();
+                        let mut builder = SentinelClientBuilder::new(
+                            sentinels.iter().map(|s| s.addr().clone()),
+                            master,
+                            SentinelServerType::Master,
+                        )?
+                        .set_client_to_redis_tls_mode(TlsMode::Secure)
+                        .set_client_to_redis_certificates(certs.clone());
+                        if let Some(u) = &config.username {
+                            builder = builder.set_client_to_redis_username(u);
+                        }
+                        if let Some(p) = &config.password {
+                            builder = builder.set_client_to_redis_password(p);
+                        }
+                        if let Some(u) = auth.username() {
+                            builder = builder.set_client_to_sentinel_username(u);
+                        }
+                        if let Some(p) = auth.password() {
+                            builder = builder.set_client_to_sentinel_password(p);
+                        }
+                        builder.build()?
+                    }
+                    _ => {
+                        let mut node = SentinelNodeConnectionInfo::default()
+                            .set_redis_connection_info(settings(RedisConnectionInfo::default()));
+                        if *master_tls {
+                            node = node.set_tls_mode(TlsMode::Secure);
+                        }
+                        SentinelClient::build(
+                            sentinels,
+                            master,
+                            Some(node),
+                            SentinelServerType::Master,
+                        )?
+                    }
+                };
                 Source::Sentinel(tokio::sync::Mutex::new(client))
             }
         };
