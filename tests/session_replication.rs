@@ -265,3 +265,218 @@ async fn concurrent_takeover_on_two_members_never_loses_a_write() {
     );
     assert!(!ok_counts.is_empty());
 }
+
+// ---- The sync write protocol, step by step against a scripted peer ----
+//
+// The store under test is member "a"; its one peer "f" is a `ScriptedPeer`, so the test holds
+// each of "a"'s requests to "f" as long as it likes and answers what a racing member would have
+// caused. This forces, deterministically, the interleaving that made
+// `concurrent_takeover_on_two_members_never_loses_a_write` flaky under load: another member
+// looking the session up (a takeover's `Get`) while a write is still undecided.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tether::session::replicated::frame::Frame;
+use tether::session::replicated::{
+    rendezvous, server, PeerConfig, Replicas, ReplicatedStore, ReplicationConfig,
+};
+use tether::session::{Changes, Session, SessionStore, StoreError};
+
+async fn store_with_scripted_peer() -> (Arc<ReplicatedStore>, ScriptedPeer) {
+    let peer = ScriptedPeer::start("f").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut cfg = ReplicationConfig::new(
+        "a",
+        SECRET.as_bytes(),
+        vec![PeerConfig {
+            clone_id: "f".into(),
+            address: peer.addr,
+        }],
+    );
+    cfg.replicas = Replicas::All;
+    let store = Arc::new(ReplicatedStore::start(cfg, listener));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store.live_peers() != ["f"] {
+        assert!(Instant::now() < deadline, "no link to the scripted peer");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (store, peer)
+}
+
+/// A session id whose writes `decider` decides (the top of {a, f} in rendezvous order).
+fn id_decided_by(decider: &str) -> String {
+    (0u32..)
+        .map(|i| format!("{i:032x}"))
+        .find(|id| rendezvous::top(id, ["a", "f"], 1)[0] == decider)
+        .unwrap()
+}
+
+fn counter(id: &str, version: u64, owner: &str, count: u64) -> (Session, Changes) {
+    let mut session = Session::new(id.to_owned(), owner, Duration::from_secs(600));
+    session.version = version;
+    let mut changes = Changes::default();
+    changes
+        .set
+        .insert("count".into(), Bytes::from(count.to_string()));
+    changes.apply(&mut session.attributes);
+    (session, changes)
+}
+
+fn count_of(session: &Session) -> String {
+    String::from_utf8_lossy(&session.attributes["count"]).into_owned()
+}
+
+/// What another member's takeover lookup gets from "a" right now.
+fn seen_by_a_peer(store: &ReplicatedStore, id: &str) -> Option<Session> {
+    match server::handle(
+        &store.db(),
+        Frame::Get {
+            req: 1,
+            id: id.to_owned(),
+        },
+    ) {
+        Some(Frame::Found { session, .. }) => Some(session),
+        _ => None,
+    }
+}
+
+/// Saves in the background; the test answers the scripted peer meanwhile.
+fn spawn_save(
+    store: &Arc<ReplicatedStore>,
+    (session, changes): (Session, Changes),
+    expected: Option<u64>,
+) -> tokio::task::JoinHandle<Result<(), StoreError>> {
+    let store = store.clone();
+    tokio::spawn(async move { store.save(&session, expected, &changes).await })
+}
+
+fn ok(frame: &Frame) -> Frame {
+    Frame::Ok {
+        req: frame.req().unwrap(),
+    }
+}
+
+fn conflict(frame: &Frame, found: u64) -> Frame {
+    Frame::Conflict {
+        req: frame.req().unwrap(),
+        found: Some(found),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecided_write_is_invisible_and_a_refused_one_leaves_nothing() {
+    let (store, mut peer) = store_with_scripted_peer().await;
+    let id = id_decided_by("f");
+
+    // Version 1 (a new session: "a" decides, "f" gets the copy).
+    let save = spawn_save(&store, counter(&id, 1, "a", 1), None);
+    let (frame, reply) = peer.next().await;
+    assert!(matches!(frame, Frame::Put { .. }), "{frame:?}");
+    reply.send(ok(&frame)).unwrap();
+    save.await.unwrap().unwrap();
+
+    // Version 2 goes to the decider "f" first; hold its answer.
+    let save = spawn_save(&store, counter(&id, 2, "a", 2), Some(1));
+    let (frame, reply) = peer.next().await;
+    assert!(
+        matches!(frame, Frame::Delta { version: 2, .. } | Frame::Put { .. }),
+        "{frame:?}"
+    );
+    // Undecided: no other member and no other request may see (and build on) version 2.
+    let seen = seen_by_a_peer(&store, &id).expect("a still has the session");
+    assert_eq!(
+        (seen.version, count_of(&seen).as_str()),
+        (1, "1"),
+        "another member's takeover lookup saw an undecided write"
+    );
+    let loaded = store.load(&id, &[]).await.unwrap().unwrap();
+    assert_eq!(loaded.version, 1, "another request saw an undecided write");
+
+    // "f" had another member's version 2 already: refused.
+    reply.send(conflict(&frame, 2)).unwrap();
+    let refused = save.await.unwrap();
+    assert!(
+        matches!(refused, Err(StoreError::Conflict { .. })),
+        "{refused:?}"
+    );
+    // Nothing of the refused write anywhere; the stale local copy is suspect (owner unknown).
+    let local = store.db().get(&id).unwrap().session;
+    assert_eq!((local.version, count_of(&local).as_str()), (1, "1"));
+    assert_eq!(
+        local.owner, "",
+        "the stale copy must not be trusted by the next load"
+    );
+
+    // The next load asks "f", finds the winner's version 2 and takes it over (decided by "f",
+    // invisible until then).
+    let clones = ["a", "f"];
+    let loading = {
+        let (store, id) = (store.clone(), id.clone());
+        tokio::spawn(async move { store.load(&id, &clones).await })
+    };
+    let (frame, reply) = peer.next().await;
+    assert!(matches!(frame, Frame::Get { .. }), "{frame:?}");
+    let (winner, _) = counter(&id, 2, "f", 7);
+    reply
+        .send(Frame::Found {
+            req: frame.req().unwrap(),
+            session: winner,
+        })
+        .unwrap();
+    let (frame, reply) = peer.next().await;
+    assert!(
+        matches!(&frame, Frame::Put { session, expected: Some(2), .. } if session.version == 3),
+        "{frame:?}"
+    );
+    assert_eq!(seen_by_a_peer(&store, &id).unwrap().version, 1);
+    reply.send(ok(&frame)).unwrap();
+    let taken = loading.await.unwrap().unwrap().unwrap();
+    assert_eq!(
+        (
+            taken.version,
+            taken.owner.as_str(),
+            count_of(&taken).as_str()
+        ),
+        (3, "a", "7")
+    );
+    assert_eq!(store.db().get(&id).unwrap().session, taken);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decided_write_is_undone_only_when_two_members_decided_the_same_version() {
+    let (store, mut peer) = store_with_scripted_peer().await;
+    let id = id_decided_by("a");
+
+    let save = spawn_save(&store, counter(&id, 1, "a", 1), None);
+    let (frame, reply) = peer.next().await;
+    reply.send(ok(&frame)).unwrap();
+    save.await.unwrap().unwrap();
+
+    // "a" decides version 2 itself; the holder "f" already has version 3 (someone took
+    // version 2 over from "a" and wrote on it): the session moved on from a decided write,
+    // which stays acknowledged (a 409 here would be a phantom: its count lives on in v3).
+    let save = spawn_save(&store, counter(&id, 2, "a", 2), Some(1));
+    let (frame, reply) = peer.next().await;
+    assert!(
+        matches!(frame, Frame::Delta { version: 2, .. }),
+        "{frame:?}"
+    );
+    assert_eq!(seen_by_a_peer(&store, &id).unwrap().version, 2, "decided");
+    reply.send(conflict(&frame, 3)).unwrap();
+    save.await.unwrap().unwrap();
+    assert_eq!(store.db().get(&id).unwrap().session.version, 2);
+
+    // Version 3 decided by "a", but "f" holds *another* version 3: two deciders (the members
+    // disagree on the live set). Undone and reported.
+    let save = spawn_save(&store, counter(&id, 3, "a", 3), Some(2));
+    let (frame, reply) = peer.next().await;
+    reply.send(conflict(&frame, 3)).unwrap();
+    let refused = save.await.unwrap();
+    assert!(
+        matches!(refused, Err(StoreError::Conflict { .. })),
+        "{refused:?}"
+    );
+    let local = store.db().get(&id).unwrap().session;
+    assert_eq!((local.version, local.owner.as_str()), (2, ""));
+}

@@ -368,3 +368,99 @@ pub async fn wait_listening(addr: SocketAddr) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A scripted replication peer: it accepts the link a real [`ReplicatedStore`] dials to it,
+/// answers heartbeats by itself, and hands every other request to the test, which answers it
+/// when it chooses. That holds a store's write at any step of the peer protocol, so a test can
+/// look at the store (as another member would) while the write is in flight.
+///
+/// [`ReplicatedStore`]: tether::session::replicated::ReplicatedStore
+pub struct ScriptedPeer {
+    pub clone_id: String,
+    pub addr: SocketAddr,
+    requests: tokio::sync::mpsc::UnboundedReceiver<(
+        tether::session::replicated::frame::Frame,
+        tokio::sync::oneshot::Sender<tether::session::replicated::frame::Frame>,
+    )>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ScriptedPeer {
+    /// Listens on a loopback port as `clone_id` with the shared [`SECRET`].
+    pub async fn start(clone_id: &str) -> ScriptedPeer {
+        use tether::session::replicated::frame::{
+            read_frame, write_frame, Frame, PROTOCOL_VERSION,
+        };
+        use tether::session::replicated::handshake;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (to_test, requests) = tokio::sync::mpsc::unbounded_channel();
+        let me = clone_id.to_owned();
+        let task = tokio::spawn(async move {
+            // One link at a time; a redial (after a dropped link) is served the same way.
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                if handshake::accept(&mut stream, SECRET.as_bytes(), &me, PROTOCOL_VERSION)
+                    .await
+                    .is_err()
+                {
+                    continue;
+                }
+                let (mut reader, mut writer) = stream.into_split();
+                let (answers, mut outgoing) = tokio::sync::mpsc::unbounded_channel::<Frame>();
+                let writing = tokio::spawn(async move {
+                    while let Some(frame) = outgoing.recv().await {
+                        if write_frame(&mut writer, &frame).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                while let Ok(Some(frame)) = read_frame(&mut reader, 1 << 20).await {
+                    if let Frame::Ping { req } = frame {
+                        let _ = answers.send(Frame::Ok { req });
+                        continue;
+                    }
+                    let (reply, answer) = tokio::sync::oneshot::channel();
+                    if to_test.send((frame, reply)).is_err() {
+                        return;
+                    }
+                    let answers = answers.clone();
+                    tokio::spawn(async move {
+                        if let Ok(frame) = answer.await {
+                            let _ = answers.send(frame);
+                        }
+                    });
+                }
+                writing.abort();
+            }
+        });
+        ScriptedPeer {
+            clone_id: clone_id.to_owned(),
+            addr,
+            requests,
+            task,
+        }
+    }
+
+    /// The next request the store sent (heartbeats excepted), at most 5 s away, and where to
+    /// answer it.
+    pub async fn next(
+        &mut self,
+    ) -> (
+        tether::session::replicated::frame::Frame,
+        tokio::sync::oneshot::Sender<tether::session::replicated::frame::Frame>,
+    ) {
+        tokio::time::timeout(Duration::from_secs(5), self.requests.recv())
+            .await
+            .expect("the store sent no request within 5 s")
+            .expect("scripted peer stopped")
+    }
+}
+
+impl Drop for ScriptedPeer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,15 +1,16 @@
 //! The `replicated` store: the DRS model of DESIGN.md §5.
 //!
 //! Each member keeps a local table ([`Db`]) of the sessions it owns and the copies it backs up.
-//! A write goes to the local table first (compare-and-set on the version, the point where two
-//! writers are told apart), then to `replicas` live peers chosen by [`rendezvous`] hash — in
-//! `sync` mode before the response (bounded by `timeout`), in `async` mode in batches every
-//! `write_interval`. A peer that already holds a newer version answers `Conflict`; the writer
-//! then undoes its local write and the layer sees the conflict.
+//! A write goes to `replicas` live peers chosen by [`rendezvous`] hash — in `sync` mode before
+//! the response (bounded by `timeout`), in `async` mode in batches every `write_interval`.
+//! A sync write is first *decided* by one member (the first of the writer and its holders in
+//! rendezvous order that answers: a compare-and-set on the version, the point where two writers
+//! are told apart) and only then shown anywhere else; the loser has written nothing and the
+//! layer sees the conflict. The protocol and why it is safe: the top of `store.rs`.
 //!
-//! Since every member ranks the live peers in the same rendezvous order, two members taking the
-//! same session over at once always share at least one copy holder (each picks the top N of one
-//! list with itself left out): the race is always seen by someone.
+//! Since every member ranks the live peers in the same rendezvous order, two members writing
+//! the same session at once have the same decider: the top of the live set is either the
+//! writer itself or its first holder (each picks the top N of one list with itself left out).
 //!
 //! Modules: [`frame`] (wire format), [`handshake`] (version + HMAC), [`link`] (outbound links,
 //! liveness), [`server`] (inbound requests), [`rendezvous`], [`store`] (the [`SessionStore`]

@@ -1,6 +1,42 @@
 //! [`ReplicatedStore`]: load with takeover, compare-and-set save with sync/async copies,
 //! replicated removal and touch, and re-replication when the live set changes.
 //!
+//! # The sync write protocol: decide at one member, then spread
+//!
+//! A sync write (a handler's save, or a takeover at load) replaces version `v` by `v+1`. Two
+//! members may write over the same `v` at once (the same old cookie on two members after a
+//! failover). Exactly one may win, and the loser's write must be *nowhere*: its `409` promises
+//! "nothing was saved", and no other member may build on it.
+//!
+//! The old protocol wrote the local table first, then copied to the holders and, when one
+//! refused, reverted. Between the local write and the revert the loser's `v+1` was visible, and
+//! another member's takeover lookup (`Get`, highest version wins) could take it over and build
+//! `v+2` on it; the loser then reverted nothing (its copies had moved on) and answered `409`
+//! while its write lived on: a phantom write (the counter test saw one increment too many).
+//!
+//! So no version is shown before it is decided:
+//!
+//! 1. **Decide.** The writer and its holders, in rendezvous order of the session id, are asked
+//!    *one at a time*: the first that answers decides, with its compare-and-set (the local table)
+//!    or by storing/refusing the copy (a peer). The writer's own table is not touched before a
+//!    peer decided. Since every member ranks the same live set alike, the decider of two racing
+//!    writers is the same member (the top of the live set: a writer is either that member, or
+//!    has it as its first holder), and its one table lock orders them. A candidate that does not
+//!    answer is skipped (and undone if the write is then refused). Refused: nothing was written
+//!    anywhere; the local copy is marked *suspect* (owner unknown) so the next load asks the
+//!    peers for the newest version; `Conflict`.
+//! 2. **Spread.** Only now do the local table and the other holders get the copy. Whatever a
+//!    member or a takeover lookup can see was decided; a version built on it is built on a write
+//!    that stays. A holder already holding a newer version just moved on (that version was
+//!    decided after this one). A holder holding *another copy of the same version* reveals two
+//!    deciders (members disagreeing on the live set, e.g. during a link flap): only then is the
+//!    write undone where it landed and reported as a conflict, as the old protocol did.
+//!
+//! A new session (no base version; its id is fresh from the CSPRNG) has no competitor: the
+//! local table decides, and enforces `max_sessions` before a copy leaves. Async writes are
+//! decided by the local table; their copies follow in batches (DESIGN.md §5 accepts losing the
+//! last `write_interval` there).
+//!
 //! This file holds the store's state ([`Inner`]), its start-up and the [`SessionStore`] impl;
 //! the halves of [`Inner`]'s work are in `store/`: `replicate.rs` (the write side),
 //! `takeover.rs` (the load side) and `background.rs` (re-replication and async batches).
@@ -59,7 +95,10 @@ struct Inner {
 /// How one copy to one holder went.
 enum CopyOutcome {
     Stored,
-    Conflict,
+    /// The holder has a newer version than the copy's base (`found`, when it said).
+    Conflict {
+        found: Option<u64>,
+    },
     Unavailable,
 }
 
@@ -209,11 +248,38 @@ impl SessionStore for ReplicatedStore {
             let mut session = session.clone();
             session.owner = inner.me().to_owned();
             let replicas = inner.choose(&session.id);
+            if inner.cfg.write_mode == WriteMode::Sync {
+                let current = inner.db.get(&session.id);
+                // A local copy newer than the base: someone already wrote; nothing sent.
+                if let Err(e) = holder_check(current.as_ref(), expected) {
+                    inner.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                    return Err(e);
+                }
+                // Holders that had the base version can take just the changes.
+                let delta_to: Vec<String> = match (&current, inner.cfg.write_contents) {
+                    (Some(prev), WriteContents::Changed) if prev.session.owner == inner.me() => {
+                        prev.replicas.clone()
+                    }
+                    _ => Vec::new(),
+                };
+                let base = current.map(|p| p.session);
+                return inner
+                    .write_sync(
+                        &session,
+                        base.as_ref(),
+                        expected,
+                        &delta_to,
+                        changes,
+                        &replicas,
+                    )
+                    .await;
+            }
+            // Async: the local table decides; the copies follow in the next batch.
             let entry = Entry {
                 session: session.clone(),
-                replicas: replicas.clone(),
+                replicas,
             };
-            let previous = inner
+            inner
                 .db
                 .put_if(entry, |cur| holder_check(cur, expected))
                 .inspect_err(|e| {
@@ -221,34 +287,8 @@ impl SessionStore for ReplicatedStore {
                         inner.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                     }
                 })?;
-            match inner.cfg.write_mode {
-                WriteMode::Async => {
-                    lock(&inner.dirty).insert(session.id.clone());
-                    Ok(())
-                }
-                WriteMode::Sync => {
-                    // Holders that had the base version can take just the changes.
-                    let delta_to: Vec<String> = match (&previous, inner.cfg.write_contents) {
-                        (Some(prev), WriteContents::Changed)
-                            if prev.session.owner == inner.me() =>
-                        {
-                            prev.replicas.clone()
-                        }
-                        _ => Vec::new(),
-                    };
-                    let base = previous.map(|p| p.session);
-                    inner
-                        .replicate_now(
-                            &session,
-                            base.as_ref(),
-                            expected,
-                            &delta_to,
-                            changes,
-                            &replicas,
-                        )
-                        .await
-                }
-            }
+            lock(&inner.dirty).insert(session.id.clone());
+            Ok(())
         })
     }
 

@@ -1,6 +1,7 @@
-//! The write side of [`Inner`]: one copy to one holder ([`Inner::copy_to`]), a write fanned
-//! out to all its holders with conflict detection and undo ([`Inner::replicate_now`],
-//! [`Inner::revert`]), and telling holders to drop stale copies ([`Inner::disown`]).
+//! The write side of [`Inner`]: one copy to one holder ([`Inner::copy_to`]), the sync write
+//! protocol — decide at one member, then spread ([`Inner::write_sync`], described at the top of
+//! `store.rs`) — the plain fan-out of async batches ([`Inner::replicate_now`]), undoing a write
+//! ([`Inner::undo`]) and telling holders to drop stale copies ([`Inner::disown`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,7 +12,18 @@ use super::{CopyOutcome, Inner};
 use crate::session::memory::Entry;
 use crate::session::replicated::frame::Frame;
 use crate::session::replicated::link::{LinkError, Peer};
+use crate::session::replicated::rendezvous;
+use crate::session::replicated::server::holder_check;
 use crate::session::{Changes, Session, StoreError};
+
+/// What a fan-out of copies to several holders got back.
+#[derive(Default)]
+struct FanOut {
+    stored: Vec<String>,
+    /// The `found` version of each holder that refused.
+    conflicts: Vec<Option<u64>>,
+    unavailable: u64,
+}
 
 impl Inner {
     /// Sends one copy: a delta when `delta` is given (falling back to the full session when the
@@ -41,7 +53,7 @@ impl Inner {
                 .await;
             match answer {
                 Ok(Frame::Ok { .. }) => return CopyOutcome::Stored,
-                Ok(Frame::Conflict { .. }) => return CopyOutcome::Conflict,
+                Ok(Frame::Conflict { found, .. }) => return CopyOutcome::Conflict { found },
                 Ok(Frame::Missing { .. }) => {}
                 Ok(_) | Err(_) => return CopyOutcome::Unavailable,
             }
@@ -58,13 +70,134 @@ impl Inner {
             .await;
         match answer {
             Ok(Frame::Ok { .. }) => CopyOutcome::Stored,
-            Ok(Frame::Conflict { .. }) => CopyOutcome::Conflict,
+            Ok(Frame::Conflict { found, .. }) => CopyOutcome::Conflict { found },
             Ok(_) | Err(LinkError::Down) | Err(LinkError::Timeout) => CopyOutcome::Unavailable,
         }
     }
 
-    /// Sends `session` to every holder in `to` at once and waits (each bounded by `timeout`).
-    /// `Err(Conflict)` when any holder has a newer version.
+    /// The sync write protocol (see the top of `store.rs`): `session` (the new version, owned by
+    /// this member) replaces version `expected`, whose content `base` is, if known.
+    ///
+    /// 1. **Decide.** This member and its `replicas`, in rendezvous order, are asked one at a
+    ///    time until one answers: the first that answers *decides*. The local table decides with
+    ///    its compare-and-set; a peer decides by storing the copy or refusing it. Until then the
+    ///    new version is nowhere (a peer that did not answer may hold it: it is undone there on
+    ///    refusal). Refused: nothing was written, the local copy is marked suspect, `Conflict`.
+    /// 2. **Spread.** The write is decided: the local table (when a peer decided) and the other
+    ///    holders get it. A holder that already has a *newer* version is left alone (the session
+    ///    moved on from this write, decided after it); one that has *another copy of this very
+    ///    version* means two deciders (members disagreeing on the live set): the write is undone
+    ///    where it landed and reported as a conflict, as before this protocol.
+    ///
+    /// A brand-new session (`expected == None`, an id fresh from the CSPRNG: no competitor) is
+    /// decided by the local table, which also enforces `max_sessions` before any copy leaves.
+    pub(super) async fn write_sync(
+        self: &Arc<Self>,
+        session: &Session,
+        base: Option<&Session>,
+        expected: Option<u64>,
+        delta_to: &[String],
+        changes: &Changes,
+        replicas: &[String],
+    ) -> Result<(), StoreError> {
+        let me = self.me().to_owned();
+        let candidates: Vec<String> = if expected.is_none() {
+            vec![me.clone()]
+        } else {
+            let all = replicas.iter().map(String::as_str).chain([me.as_str()]);
+            rendezvous::top(&session.id, all, usize::MAX)
+                .into_iter()
+                .map(str::to_owned)
+                .collect()
+        };
+        let mut silent = Vec::new();
+        let mut decider = None;
+        for candidate in &candidates {
+            if *candidate == me {
+                let entry = Entry {
+                    session: session.clone(),
+                    replicas: replicas.to_vec(),
+                };
+                if let Err(e) = self.db.put_if(entry, |cur| holder_check(cur, expected)) {
+                    if matches!(e, StoreError::Conflict { .. }) {
+                        self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.undo(session, base, &silent, false).await;
+                    return Err(e);
+                }
+                decider = Some(me.clone());
+                break;
+            }
+            let Some(peer) = self.peer(candidate).cloned() else {
+                continue;
+            };
+            let delta = delta_to.contains(candidate).then_some(changes);
+            match self.copy_to(&peer, session, expected, delta).await {
+                CopyOutcome::Stored => {
+                    decider = Some(candidate.clone());
+                    break;
+                }
+                CopyOutcome::Conflict { .. } => {
+                    self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                    self.distrust_local(&session.id, expected);
+                    self.undo(session, base, &silent, false).await;
+                    return Err(conflict(session, expected));
+                }
+                CopyOutcome::Unavailable => silent.push(candidate.clone()),
+            }
+        }
+        // This member is a candidate and always answers: the loop ended with a decider.
+        let decider = decider.unwrap_or_else(|| me.clone());
+        let mut stored = Vec::new();
+        let mut local_written = decider == me;
+        if decider != me {
+            stored.push(decider.clone());
+            let entry = Entry {
+                session: session.clone(),
+                replicas: replicas.to_vec(),
+            };
+            // Never backwards: a newer local copy was decided after this write (built on it).
+            let local = self.db.put_if(entry, |cur| match cur {
+                Some(c) if c.session.version >= session.version => {
+                    Err(StoreError::Unavailable("local copy already newer"))
+                }
+                _ => Ok(()),
+            });
+            match local {
+                Ok(_) => local_written = true,
+                Err(e @ StoreError::Full { .. }) => {
+                    self.undo(session, base, &stored, false).await;
+                    return Err(e);
+                }
+                Err(_) => {}
+            }
+        }
+        // The candidates before the decider did not answer; the others get their copy now.
+        let rest: Vec<String> = replicas
+            .iter()
+            .filter(|c| **c != decider && !silent.contains(c))
+            .cloned()
+            .collect();
+        let fan = self
+            .fan_out(session, expected, delta_to, changes, &rest)
+            .await;
+        stored.extend(fan.stored);
+        if fan.conflicts.contains(&Some(session.version)) {
+            self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                version = session.version,
+                "two members decided the same session version (live sets disagree); undoing this write"
+            );
+            self.undo(session, base, &stored, local_written).await;
+            return Err(conflict(session, expected));
+        }
+        self.note_unavailable(fan.unavailable + silent.len() as u64);
+        Ok(())
+    }
+
+    /// Sends `session` to every holder in `to` at once and waits (each bounded by `timeout`):
+    /// the async batch, whose local write is already done. `Err(Conflict)` when any holder has
+    /// a newer version; the write is then undone where it landed.
     pub(super) async fn replicate_now(
         self: &Arc<Self>,
         session: &Session,
@@ -74,6 +207,25 @@ impl Inner {
         changes: &Changes,
         to: &[String],
     ) -> Result<(), StoreError> {
+        let fan = self.fan_out(session, expected, delta_to, changes, to).await;
+        if !fan.conflicts.is_empty() {
+            self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+            self.undo(session, base, &fan.stored, true).await;
+            return Err(conflict(session, expected));
+        }
+        self.note_unavailable(fan.unavailable);
+        Ok(())
+    }
+
+    /// One copy to each holder in `to`, concurrently.
+    async fn fan_out(
+        self: &Arc<Self>,
+        session: &Session,
+        expected: Option<u64>,
+        delta_to: &[String],
+        changes: &Changes,
+        to: &[String],
+    ) -> FanOut {
         let mut tasks = JoinSet::new();
         for clone in to {
             let Some(peer) = self.peer(clone).cloned() else {
@@ -89,67 +241,101 @@ impl Inner {
                 (peer.clone_id.clone(), outcome)
             });
         }
-        let (mut conflict, mut unavailable, mut stored) = (false, 0u64, Vec::new());
+        let mut fan = FanOut::default();
         while let Some(done) = tasks.join_next().await {
             match done {
-                Ok((clone, CopyOutcome::Stored)) => stored.push(clone),
-                Ok((_, CopyOutcome::Conflict)) => conflict = true,
-                Ok((_, CopyOutcome::Unavailable)) | Err(_) => unavailable += 1,
+                Ok((clone, CopyOutcome::Stored)) => fan.stored.push(clone),
+                Ok((_, CopyOutcome::Conflict { found })) => fan.conflicts.push(found),
+                Ok((_, CopyOutcome::Unavailable)) | Err(_) => fan.unavailable += 1,
             }
         }
-        if conflict {
-            // Someone else wrote (or is writing) a newer version: undo this write everywhere it
-            // landed, and keep the base locally as a *suspect* copy (owner unknown), so the next
-            // load asks the peers for the newest version instead of trusting it.
-            self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
-            if let Some(base) = base {
-                self.revert(session, base, &stored).await;
-            } else {
-                self.db.remove_if(&session.id, |e| {
-                    e.session.version == session.version && e.session.owner == self.me()
-                });
-            }
-            return Err(StoreError::Conflict {
-                id: session.id.clone(),
-                expected,
-                found: None,
-            });
-        }
-        if unavailable > 0 {
-            let total = self
-                .stats
-                .write_timeouts
-                .fetch_add(unavailable, Ordering::Relaxed)
-                + unavailable;
-            tracing::warn!(
-                replicas = unavailable,
-                total,
-                "session copy not acknowledged in time; kept locally (re-replicated when the peer set changes)"
-            );
-        }
-        Ok(())
+        fan
     }
 
-    /// Undoes a failed write: the holders in `stored` and the local table get `base` back, the
-    /// local copy marked suspect (empty owner).
-    pub(super) async fn revert(
+    fn note_unavailable(&self, unavailable: u64) {
+        if unavailable == 0 {
+            return;
+        }
+        let total = self
+            .stats
+            .write_timeouts
+            .fetch_add(unavailable, Ordering::Relaxed)
+            + unavailable;
+        tracing::warn!(
+            replicas = unavailable,
+            total,
+            "session copy not acknowledged in time; kept locally (re-replicated when the peer set changes)"
+        );
+    }
+
+    /// A peer refused a write built on `expected`: it has newer. The local copy, if it is not
+    /// newer than that base, is stale: marked suspect (empty owner), so the next load asks the
+    /// peers for the newest version instead of trusting it.
+    fn distrust_local(&self, id: &str, expected: Option<u64>) {
+        let (Some(expected), Some(mut entry)) = (expected, self.db.get(id)) else {
+            return;
+        };
+        if entry.session.version > expected || entry.session.owner.is_empty() {
+            return;
+        }
+        let (version, owner) = (entry.session.version, entry.session.owner.clone());
+        entry.session.owner.clear();
+        entry.replicas.clear();
+        let marked = self.db.put_if(entry, |cur| match cur {
+            Some(c) if c.session.version == version && c.session.owner == owner => Ok(()),
+            _ => Err(StoreError::Unavailable("local copy moved on")),
+        });
+        if let Err(e) = marked {
+            tracing::debug!(error = %e, "local copy not marked suspect");
+        }
+    }
+
+    /// Undoes a failed write: the holders in `stored` and, when `local` (this write reached the
+    /// local table), the local table get `base` back where they still hold exactly the failed
+    /// copy, the local copy marked suspect. Without a base (a new session) only the local copy
+    /// is removed. `local` is false when the write never reached the local table: the local copy
+    /// with the failed version may then be another request's decided write, never to be undone.
+    pub(super) async fn undo(
+        self: &Arc<Self>,
+        failed: &Session,
+        base: Option<&Session>,
+        stored: &[String],
+        local: bool,
+    ) {
+        match base {
+            Some(base) => self.revert(failed, base, stored, local).await,
+            None if !local => {}
+            None => {
+                self.db.remove_if(&failed.id, |e| {
+                    e.session.version == failed.version && e.session.owner == self.me()
+                });
+            }
+        }
+    }
+
+    /// Undoes a failed write: the holders in `stored` and (when `local`) the local table get
+    /// `base` back, the local copy marked suspect (empty owner).
+    async fn revert(
         self: &Arc<Self>,
         failed: &Session,
         base: &Session,
         stored: &[String],
+        local: bool,
     ) {
-        let mut suspect = base.clone();
-        suspect.owner = String::new();
-        let local = Entry {
-            session: suspect,
-            replicas: Vec::new(),
-        };
         let me = self.me().to_owned();
-        if let Err(e) = self.db.put_if(local, |cur| match cur {
-            Some(c) if c.session.version == failed.version && c.session.owner == me => Ok(()),
-            _ => Err(StoreError::Unavailable("local copy moved on")),
-        }) {
-            tracing::debug!(error = %e, "local revert skipped");
+        if local {
+            let mut suspect = base.clone();
+            suspect.owner = String::new();
+            let entry = Entry {
+                session: suspect,
+                replicas: Vec::new(),
+            };
+            if let Err(e) = self.db.put_if(entry, |cur| match cur {
+                Some(c) if c.session.version == failed.version && c.session.owner == me => Ok(()),
+                _ => Err(StoreError::Unavailable("local copy moved on")),
+            }) {
+                tracing::debug!(error = %e, "local revert skipped");
+            }
         }
         let mut tasks = JoinSet::new();
         for clone in stored {
@@ -188,5 +374,13 @@ impl Inner {
             });
         }
         while tasks.join_next().await.is_some() {}
+    }
+}
+
+fn conflict(session: &Session, expected: Option<u64>) -> StoreError {
+    StoreError::Conflict {
+        id: session.id.clone(),
+        expected,
+        found: None,
     }
 }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 
 use super::Inner;
-use crate::session::memory::Entry;
 use crate::session::replicated::frame::Frame;
 use crate::session::replicated::server::holder_check;
 use crate::session::{now_ms, Changes, Session, StoreError};
@@ -64,27 +63,21 @@ impl Inner {
         best
     }
 
-    /// Makes this member the owner of `found`: version+1, copies to its holders (always
-    /// synchronously: this is where two members taking one session over are told apart), and
-    /// every other live peer told to drop older copies.
+    /// Makes this member the owner of `found`: version+1, written with the sync protocol
+    /// (always synchronously: this is where two members taking one session over are told apart,
+    /// at the member that decides), and every other live peer told to drop older copies.
     pub(super) async fn take_over(self: &Arc<Self>, found: Session) -> Result<Session, StoreError> {
         let mut session = found.clone();
         session.version += 1;
         session.owner = self.me().to_owned();
         session.last_access_ms = now_ms().max(found.last_access_ms);
         let replicas = self.choose(&session.id);
-        let entry = Entry {
-            session: session.clone(),
-            replicas: replicas.clone(),
-        };
-        if let Err(e) = self
-            .db
-            .put_if(entry, |cur| holder_check(cur, Some(found.version)))
-        {
+        // A local copy newer than what was found: someone already moved on; nothing sent.
+        if let Err(e) = holder_check(self.db.get(&session.id).as_ref(), Some(found.version)) {
             self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
             return Err(e);
         }
-        self.replicate_now(
+        self.write_sync(
             &session,
             Some(&found),
             Some(found.version),
