@@ -16,7 +16,7 @@ SESSIONS=${SESSIONS:-100000}
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
 cargo build --release --quiet
-bin=target/release/tether
+bin=${CARGO_TARGET_DIR:-target}/release/tether
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }

@@ -1,0 +1,1 @@
+-- Workloads 1, 2, 4 and 5: a GET; the path and headers come from the command line.
