@@ -90,7 +90,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 log "building tether (release)"
 cargo build --release --quiet || die "cargo build --release failed"
-tether_bin=$root/target/release/tether
+tether_bin=${CARGO_TARGET_DIR:-$root/target}/release/tether
 
 # --- layout ------------------------------------------------------------------------------------
 cores=$(nproc)
