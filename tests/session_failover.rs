@@ -5,51 +5,11 @@
 
 mod session_support;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use session_support::*;
 
 const SESSIONS: usize = 100;
-
-/// One `/count` per session; asserts each counter is exactly where it should be and the
-/// session id never changed.
-async fn round(
-    proxy: SocketAddr,
-    clients: &mut [Client],
-    expected: &mut [u64],
-    ids: &mut [Option<String>],
-) {
-    for (i, client) in clients.iter_mut().enumerate() {
-        let r = client.get(proxy, "/count").await;
-        assert_eq!(r.status, 200, "session {i}: {}", r.body);
-        expected[i] += 1;
-        assert_eq!(
-            r.count(),
-            expected[i],
-            "session {i}: lost or stale update ({})",
-            r.body
-        );
-        let id = r.json()["session"].as_str().unwrap().to_owned();
-        match &ids[i] {
-            Some(old) => assert_eq!(old, &id, "session {i} was lost and recreated"),
-            None => ids[i] = Some(id),
-        }
-    }
-}
-
-/// The clone that owns the most sessions (first in their cookies) and how many it owns.
-fn top_owner(clients: &[Client], alive: &[&str]) -> (String, usize) {
-    let mut owners: HashMap<String, usize> = HashMap::new();
-    for c in clients {
-        *owners.entry(c.clones()[0].clone()).or_default() += 1;
-    }
-    owners
-        .into_iter()
-        .filter(|(o, _)| alive.contains(&o.as_str()))
-        .max_by_key(|(_, n)| *n)
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_twice_in_sync_mode_loses_nothing() {

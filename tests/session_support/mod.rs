@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -276,6 +277,47 @@ pub async fn start_proxy(
 }
 
 /// The member's `/_tether/stats`.
+// ---- The kill -9 scenario's rounds (tests/session_failover.rs, tests/redis_failover.rs) ----
+
+/// One `/count` per session; asserts each counter is exactly where it should be and the
+/// session id never changed.
+pub async fn round(
+    proxy: SocketAddr,
+    clients: &mut [Client],
+    expected: &mut [u64],
+    ids: &mut [Option<String>],
+) {
+    for (i, client) in clients.iter_mut().enumerate() {
+        let r = client.get(proxy, "/count").await;
+        assert_eq!(r.status, 200, "session {i}: {}", r.body);
+        expected[i] += 1;
+        assert_eq!(
+            r.count(),
+            expected[i],
+            "session {i}: lost or stale update ({})",
+            r.body
+        );
+        let id = r.json()["session"].as_str().unwrap().to_owned();
+        match &ids[i] {
+            Some(old) => assert_eq!(old, &id, "session {i} was lost and recreated"),
+            None => ids[i] = Some(id),
+        }
+    }
+}
+
+/// The clone that owns the most sessions (first in their cookies) and how many it owns.
+pub fn top_owner(clients: &[Client], alive: &[&str]) -> (String, usize) {
+    let mut owners: HashMap<String, usize> = HashMap::new();
+    for c in clients {
+        *owners.entry(c.clones()[0].clone()).or_default() += 1;
+    }
+    owners
+        .into_iter()
+        .filter(|(o, _)| alive.contains(&o.as_str()))
+        .max_by_key(|(_, n)| *n)
+        .unwrap()
+}
+
 pub async fn stats(addr: SocketAddr) -> serde_json::Value {
     get(addr, "/_tether/stats", None).await.unwrap().json()
 }
