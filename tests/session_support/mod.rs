@@ -276,7 +276,6 @@ pub async fn start_proxy(
     (addr, stop)
 }
 
-/// The member's `/_tether/stats`.
 // ---- The kill -9 scenario's rounds (tests/session_failover.rs, tests/redis_failover.rs) ----
 
 /// One `/count` per session; asserts each counter is exactly where it should be and the
@@ -318,6 +317,7 @@ pub fn top_owner(clients: &[Client], alive: &[&str]) -> (String, usize) {
         .unwrap()
 }
 
+/// The member's `/_tether/stats`.
 pub async fn stats(addr: SocketAddr) -> serde_json::Value {
     get(addr, "/_tether/stats", None).await.unwrap().json()
 }
