@@ -519,3 +519,93 @@ pub fn tls_args(port: u16, dir: &Path, cert: &Path, key: &Path, ca: &Path) -> Ve
     }
     args
 }
+
+// ---- For tests/redis_slow.rs: a frozen (SIGSTOP) or sleeping server, and `redis-cli`. ----
+
+/// `kill -<signal> <pid>` (by PID, through the `kill` command); `true` when it was delivered.
+pub fn send_signal(pid: u32, signal: &str) -> bool {
+    assert!(pid > 0, "no PID to signal");
+    Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The state letter of process `pid` from `/proc/<pid>/stat` (`T` when stopped), if it exists.
+pub fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) S …": the state follows the last ')'.
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+/// A process frozen with SIGSTOP: `kill -CONT` by PID when thawed or dropped, so nothing stays
+/// frozen when a test fails half-way.
+pub struct Frozen {
+    pid: u32,
+    thawed: bool,
+}
+
+impl Frozen {
+    /// `kill -STOP pid`, and waits (bounded: 2 s) until the kernel reports it stopped.
+    pub fn freeze(pid: u32) -> Frozen {
+        let frozen = Frozen { pid, thawed: false };
+        assert!(send_signal(pid, "STOP"), "kill -STOP {pid} failed");
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while process_state(pid) != Some('T') {
+            assert!(Instant::now() < deadline, "process {pid} did not stop");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        frozen
+    }
+
+    /// `kill -CONT pid` now.
+    pub fn thaw(mut self) {
+        self.cont();
+    }
+
+    fn cont(&mut self) {
+        if !self.thawed {
+            self.thawed = true;
+            send_signal(self.pid, "CONT");
+        }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        self.cont();
+    }
+}
+
+/// Whether 127.0.0.1:`port` answers `PING` within `limit` over a fresh connection (`false`
+/// for a frozen or sleeping server, whose kernel still accepts the connection).
+pub fn pings_within(port: u16, limit: Duration) -> bool {
+    let try_once = || -> std::io::Result<bool> {
+        let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), limit)?;
+        s.set_read_timeout(Some(limit))?;
+        s.write_all(b"PING\r\n")?;
+        let mut buf = [0u8; 16];
+        let n = s.read(&mut buf)?;
+        Ok(buf[..n].starts_with(b"+PONG"))
+    };
+    try_once().unwrap_or(false)
+}
+
+/// `redis-cli -h 127.0.0.1 -p port args…`, bounded (3 s): its output lines, or empty on a
+/// failure.
+pub fn cli(port: u16, args: &[&str]) -> Vec<String> {
+    let out = run_bounded(
+        Command::new(require("redis-cli"))
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(args),
+        Duration::from_secs(3),
+    );
+    out.unwrap_or_default()
+        .lines()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
