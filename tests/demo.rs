@@ -7,26 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use session_support::Client;
-
-/// Kills the demo by PID if the test fails before its own SIGTERM (the members then stop by
-/// themselves: their stdin pipe closes).
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            self.0.kill().ok();
-            self.0.wait().ok();
-        }
-    }
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.contains(") Z "))
-        .unwrap_or(false)
-}
+use session_support::{alive, Client, KillOnDrop};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_prints_members_counts_fails_over_and_cleans_up() {

@@ -15,12 +15,11 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use redis_support::*;
 use session_support::{wait_listening, Client, InProcess};
 use tether::member::MemberConfig;
 use tether::session::redis::{RedisConfig, RedisStore};
-use tether::session::{now_ms, Changes, Session, SessionStore, StoreError};
+use tether::session::{Session, SessionStore, StoreError};
 
 const USER: &str = "tether";
 const PASSWORD: &str = "s3cret-pass";
@@ -68,25 +67,6 @@ fn session_id(tag: &str, n: usize) -> String {
 
 fn count_of(s: &Session) -> String {
     String::from_utf8_lossy(&s.attributes["count"]).into_owned()
-}
-
-/// Saves `loaded` as version `v + 1` with `count` set, expecting version `v` (`None` for a new
-/// session, `loaded.version == 0`).
-async fn write_count(
-    store: &RedisStore,
-    loaded: &Session,
-    count: &str,
-) -> Result<Session, StoreError> {
-    let mut changes = Changes::default();
-    changes
-        .set
-        .insert("count".into(), Bytes::copy_from_slice(count.as_bytes()));
-    let mut next = loaded.clone();
-    next.version += 1;
-    next.last_access_ms = now_ms();
-    changes.apply(&mut next.attributes);
-    let expected = (loaded.version > 0).then_some(loaded.version);
-    store.save(&next, expected, &changes).await.map(|()| next)
 }
 
 /// Create, load, compare-and-set update, a stale write refused, load again.

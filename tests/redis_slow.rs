@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use redis_support::{cli, integer, pings_within, process_state, Frozen, RedisServer};
-use session_support::{get, stats, wait_listening, Client, InProcess, Reply};
+use session_support::{alive, get, stats, wait_listening, Client, InProcess, KillOnDrop, Reply};
 use tether::member::MemberConfig;
 
 /// The `[redis]` settings of the members in the first two tests.
@@ -290,25 +290,6 @@ async fn sleeping_redis_gives_bounded_503s_and_service_resumes_after_the_sleep()
     let n = sleeper.read(&mut reply).unwrap();
     assert!(reply[..n].starts_with(b"+OK"), "{:?}", &reply[..n]);
     assert_resumed(addr, &mut clients, &ids, &redis, 1).await;
-}
-
-/// Kills the demo by PID if the test fails before its own SIGTERM (its members then stop by
-/// themselves: their stdin pipe closes).
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            self.0.kill().ok();
-            self.0.wait().ok();
-        }
-    }
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.contains(") Z "))
-        .unwrap_or(false)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,26 +17,6 @@ fn store(clone: &str, server: &RedisServer) -> RedisStore {
     RedisStore::new(clone, RedisConfig::standalone(&server.url())).unwrap()
 }
 
-/// Saves `session` as version `v + 1` with `count` set, expecting version `v`.
-async fn write_count(
-    store: &RedisStore,
-    loaded: &Session,
-    count: &str,
-) -> Result<Session, StoreError> {
-    let mut changes = Changes::default();
-    changes
-        .set
-        .insert("count".into(), Bytes::copy_from_slice(count.as_bytes()));
-    let mut next = loaded.clone();
-    next.version += 1;
-    next.last_access_ms = now_ms();
-    changes.apply(&mut next.attributes);
-    store
-        .save(&next, Some(loaded.version), &changes)
-        .await
-        .map(|()| next)
-}
-
 fn new_session(id: &str, inactive: Duration) -> (Session, Changes) {
     let mut s = Session::new(id.into(), "c1", inactive);
     s.version = 1;

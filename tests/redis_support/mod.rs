@@ -609,3 +609,25 @@ pub fn cli(port: u16, args: &[&str]) -> Vec<String> {
         .filter(|l| !l.is_empty())
         .collect()
 }
+
+/// Saves `loaded` as version `v + 1` with `count` set, expecting version `v` (`None` for a new
+/// session, `loaded.version == 0`).
+pub async fn write_count(
+    store: &tether::session::redis::RedisStore,
+    loaded: &tether::session::Session,
+    count: &str,
+) -> Result<tether::session::Session, tether::session::StoreError> {
+    let mut changes = tether::session::Changes::default();
+    changes.set.insert(
+        "count".into(),
+        bytes::Bytes::copy_from_slice(count.as_bytes()),
+    );
+    let mut next = loaded.clone();
+    next.version += 1;
+    next.last_access_ms = tether::session::now_ms();
+    changes.apply(&mut next.attributes);
+    let expected = (loaded.version > 0).then_some(loaded.version);
+    tether::session::SessionStore::save(store, &next, expected, &changes)
+        .await
+        .map(|()| next)
+}

@@ -506,3 +506,24 @@ impl Drop for ScriptedPeer {
         self.task.abort();
     }
 }
+
+// ---- `tether demo` run as a process (tests/demo.rs, tests/redis_slow.rs) ----
+
+/// Kills the demo by PID if the test fails before its own SIGTERM (the members then stop by
+/// themselves: their stdin pipe closes).
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            self.0.kill().ok();
+            self.0.wait().ok();
+        }
+    }
+}
+
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
