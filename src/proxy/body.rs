@@ -3,8 +3,8 @@
 //! Request bodies up to `post_buffer_size` are read before a member is chosen, so they can be
 //! resent (the replay buffer). A longer body is not touched until a connection to a member is
 //! up: a connect failure loses nothing, only the retries after the body started to flow are
-//! given up. Response bodies stream through and hand their member connection back to the pool
-//! when they end cleanly.
+//! given up. Response bodies are read from the member connection as the client takes them, and
+//! hand the connection back to the pool when they end cleanly.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::balance::{InFlight, Target};
+use crate::upstream::h1::{Chunked, Framing, ProtocolError, Step};
 use crate::upstream::Conn;
 
 /// The client's request body failed: it is the client's fault, never the member's.
@@ -217,12 +218,33 @@ impl Lease {
     }
 }
 
+/// A member's response body failed: the client's response is aborted.
+#[derive(Debug, thiserror::Error)]
+pub enum MemberBodyError {
+    #[error("member connection failed mid-body: {0}")]
+    Io(#[source] std::io::Error),
+    #[error("member closed the connection before the body ended")]
+    Incomplete,
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+}
+
+/// Where a member's response body stands.
+pub enum Remaining {
+    Length(u64),
+    Chunked(Chunked),
+    /// Until the member closes the connection.
+    Close,
+    Done,
+}
+
 /// The body of a response to the client.
 pub enum ResponseBody {
     /// Made by the proxy (error pages).
     Local(Option<Bytes>),
-    Upstream {
-        inner: Incoming,
+    /// Read from the member connection as the client takes it.
+    Member {
+        remaining: Remaining,
         lease: Option<Lease>,
     },
 }
@@ -232,41 +254,105 @@ impl ResponseBody {
         ResponseBody::Local(Some(Bytes::from_static(text.as_bytes())))
     }
 
-    pub fn upstream(inner: Incoming, lease: Lease) -> ResponseBody {
-        if inner.is_end_stream() {
-            lease.release();
-            return ResponseBody::Upstream { inner, lease: None };
-        }
-        ResponseBody::Upstream {
-            inner,
+    pub fn member(framing: Framing, lease: Lease) -> ResponseBody {
+        let remaining = match framing {
+            Framing::Empty => Remaining::Done,
+            Framing::Length(n) => Remaining::Length(n),
+            Framing::Chunked => Remaining::Chunked(Chunked::new()),
+            Framing::Close => Remaining::Close,
+        };
+        let mut body = ResponseBody::Member {
+            remaining,
             lease: Some(lease),
+        };
+        body.finish_if_done();
+        body
+    }
+
+    /// Hands the connection back as soon as the body is complete, before the client has it:
+    /// the next request can use it at once.
+    fn finish_if_done(&mut self) {
+        if let ResponseBody::Member { remaining, lease } = self {
+            if matches!(remaining, Remaining::Length(0) | Remaining::Done) {
+                *remaining = Remaining::Done;
+                if let Some(lease) = lease.take() {
+                    lease.release();
+                }
+            }
         }
     }
 }
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = MemberBodyError;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            ResponseBody::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            ResponseBody::Upstream { inner, lease } => {
-                let frame = ready!(Pin::new(&mut *inner).poll_frame(cx));
-                match &frame {
-                    Some(Ok(_)) if !inner.is_end_stream() => {}
-                    Some(Ok(_)) | None => {
-                        if let Some(lease) = lease.take() {
-                            lease.release();
-                        }
-                    }
-                    // The member connection is broken: dropping the lease closes it.
-                    Some(Err(_)) => drop(lease.take()),
+    ) -> Poll<Option<Result<Frame<Bytes>, MemberBodyError>>> {
+        let this = &mut *self;
+        let (remaining, lease) = match this {
+            ResponseBody::Local(data) => {
+                return Poll::Ready(data.take().map(|d| Ok(Frame::data(d))));
+            }
+            ResponseBody::Member { remaining, lease } => (remaining, lease),
+        };
+        let Some(held) = lease.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let member = &mut held.conn.member;
+        loop {
+            let step = match remaining {
+                Remaining::Done => Step::Done,
+                Remaining::Length(_) if member.buf.is_empty() => Step::More,
+                Remaining::Length(left) => {
+                    let n = (member.buf.len() as u64).min(*left) as usize;
+                    *left -= n as u64;
+                    Step::Data(member.buf.split_to(n).freeze())
                 }
-                Poll::Ready(frame)
+                Remaining::Chunked(decoder) => match decoder.decode(&mut member.buf) {
+                    Ok(step) => step,
+                    Err(e) => {
+                        drop(lease.take());
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                },
+                Remaining::Close if member.buf.is_empty() => Step::More,
+                Remaining::Close => Step::Data(member.buf.split().freeze()),
+            };
+            match step {
+                Step::Data(data) => {
+                    this.finish_if_done();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Step::Done => {
+                    *remaining = Remaining::Done;
+                    this.finish_if_done();
+                    return Poll::Ready(None);
+                }
+                Step::More => {}
+            }
+            let want = match remaining {
+                Remaining::Length(left) => *left,
+                _ => u64::MAX,
+            };
+            match ready!(member.poll_fill(cx, want)) {
+                Ok(0) if matches!(remaining, Remaining::Close) => {
+                    // The end of a close-delimited body; the connection goes with it.
+                    *remaining = Remaining::Done;
+                    drop(lease.take());
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    drop(lease.take());
+                    return Poll::Ready(Some(Err(MemberBodyError::Incomplete)));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    drop(lease.take());
+                    return Poll::Ready(Some(Err(MemberBodyError::Io(e))));
+                }
             }
         }
     }
@@ -274,7 +360,9 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Local(data) => data.is_none(),
-            ResponseBody::Upstream { inner, .. } => inner.is_end_stream(),
+            ResponseBody::Member { remaining, .. } => {
+                matches!(remaining, Remaining::Done | Remaining::Length(0))
+            }
         }
     }
 
@@ -283,7 +371,11 @@ impl Body for ResponseBody {
             ResponseBody::Local(data) => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            ResponseBody::Upstream { inner, .. } => inner.size_hint(),
+            ResponseBody::Member { remaining, .. } => match remaining {
+                Remaining::Length(n) => SizeHint::with_exact(*n),
+                Remaining::Done => SizeHint::with_exact(0),
+                _ => SizeHint::new(),
+            },
         }
     }
 }

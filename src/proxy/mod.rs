@@ -18,7 +18,7 @@ use tokio::time::{timeout, timeout_at, Instant};
 
 use crate::balance::{Affinity, Balancer, Clock, Clones, NoCandidate, Tried};
 use crate::config::{Config, ProxySettings};
-use crate::upstream::PoolSettings;
+use crate::upstream::{ExchangeError, PoolSettings};
 use body::{BodySource, ClientBodyError, Lease, ResponseBody};
 use error::ProxyError;
 use headers::ClientConn;
@@ -183,9 +183,10 @@ impl Proxy {
         let mut tried = Tried::default();
         let mut last_error = ProxyError::NoMemberAvailable;
         let max_attempts = config.max_attempts as usize;
-        // A pooled connection that turns out not ready costs no attempt, a few times at most.
+        // A pooled connection that turns out closed when written to costs no attempt, a few
+        // times at most.
         let mut unsent_budget = 3;
-        let mut headers = Some(headers);
+        let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
         while tried.len() < max_attempts {
             let now = self.clock.now_ms();
             let (id, affinity) = match cluster.next_candidate(&clones, &tried, now) {
@@ -202,7 +203,7 @@ impl Proxy {
             // still connecting, or a burst piles onto one member.
             let in_flight = target.start_request();
 
-            let conn = match timeout_at(deadline, target.upstream.acquire()).await {
+            let mut conn = match timeout_at(deadline, target.upstream.acquire()).await {
                 Err(_) => return Err((ProxyError::RequestTimeout, body_read)),
                 Ok(Err(e)) => {
                     tracing::debug!(member = %target.name, error = %e, "attempt failed before sending");
@@ -216,7 +217,7 @@ impl Proxy {
             };
             target.mark_up();
 
-            let Some(request_body) = body.take() else {
+            let Some(mut request_body) = body.take() else {
                 // Only reachable if a streamed body was already sent: nothing may be resent.
                 break;
             };
@@ -224,56 +225,45 @@ impl Proxy {
                 && may_retry(
                     Failure::AfterWrite,
                     &method,
-                    headers.as_ref().expect("headers present"),
+                    &headers,
                     config.retry_idempotency_key,
                     body.replayable(),
                 );
-            let attempt_headers = if retry_after_write {
-                headers.clone().expect("headers present")
-            } else {
-                headers.take().expect("headers present")
-            };
-            let mut request = Request::new(request_body);
-            *request.method_mut() = method.clone();
-            *request.uri_mut() = uri.clone();
-            *request.version_mut() = Version::HTTP_11;
-            *request.headers_mut() = attempt_headers;
-
-            let mut conn = conn;
             let wait = target
                 .io_timeout
                 .min(deadline.saturating_duration_since(Instant::now()));
-            match timeout(wait, conn.sender.try_send_request(request)).await {
-                Ok(Ok(mut response)) => {
-                    headers::remove_hop_by_hop(response.headers_mut());
-                    let (parts, incoming) = response.into_parts();
-                    let lease = Lease {
-                        conn,
-                        target: target.clone(),
-                        in_flight,
-                    };
-                    return Ok(Response::from_parts(
-                        parts,
-                        ResponseBody::upstream(incoming, lease),
+            let sent = conn.member.send(&method, path, &headers, &mut request_body);
+            match timeout(wait, sent).await {
+                Ok(Ok(head)) => {
+                    let mut response = Response::new(ResponseBody::member(
+                        head.framing,
+                        Lease {
+                            conn,
+                            target: target.clone(),
+                            in_flight,
+                        },
                     ));
+                    *response.status_mut() = head.status;
+                    *response.version_mut() = head.version;
+                    *response.headers_mut() = head.headers;
+                    return Ok(response);
                 }
-                Ok(Err(mut failed)) => {
-                    if let Some(unsent) = failed.take_message() {
-                        let (parts, request_body) = unsent.into_parts();
-                        headers = Some(parts.headers);
-                        body.put_back(request_body);
-                        if unsent_budget > 0 {
-                            unsent_budget -= 1;
-                            tried.forget(id);
-                            outcome.attempts -= 1;
-                        }
-                        continue;
+                Ok(Err(ExchangeError::NotSent(error))) => {
+                    tracing::debug!(member = %target.name, %error, "pooled connection closed before the request was written");
+                    body.put_back(request_body);
+                    if conn.reused && unsent_budget > 0 {
+                        unsent_budget -= 1;
+                        tried.forget(id);
+                        outcome.attempts -= 1;
                     }
-                    let error = failed.into_error();
-                    if let Some(client_error) = find_client_body_error(&error) {
-                        return Err((client_error, false));
-                    }
-                    tracing::debug!(member = %target.name, error = %error, "attempt failed after sending");
+                    last_error = ProxyError::MemberFailed;
+                    continue;
+                }
+                Ok(Err(ExchangeError::ClientBody(e))) => {
+                    return Err((client_body_error(&e), false));
+                }
+                Ok(Err(error)) => {
+                    tracing::debug!(member = %target.name, %error, "attempt failed after sending");
                     last_error = ProxyError::MemberFailed;
                     if !retry_after_write {
                         return Err((last_error, body_read));
@@ -348,16 +338,4 @@ fn client_body_error(error: &ClientBodyError) -> ProxyError {
         ClientBodyError::TooLarge => ProxyError::PayloadTooLarge,
         ClientBodyError::Aborted(_) => ProxyError::ClientBodyAborted,
     }
-}
-
-/// A send failure caused by the client's body (too large, or the client went away).
-fn find_client_body_error(error: &hyper::Error) -> Option<ProxyError> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = source {
-        if let Some(client) = e.downcast_ref::<ClientBodyError>() {
-            return Some(client_body_error(client));
-        }
-        source = e.source();
-    }
-    None
 }

@@ -252,6 +252,13 @@ pub enum Behavior {
     Slow(Duration),
     /// 200, `X-Member`, `chunks` chunks (see [`slow_stream_chunk`]), one every `interval`.
     SlowStream { chunks: usize, interval: Duration },
+    /// Raw TCP: reads each request, records it, and writes `reply` verbatim. Then, with
+    /// `keep_open`, waits for the next request on the connection; else closes it (without
+    /// saying so in the reply, like a member whose keep-alive timeout just ran out).
+    Raw {
+        reply: &'static [u8],
+        keep_open: bool,
+    },
 }
 
 /// One request as a member saw it.
@@ -444,6 +451,9 @@ async fn accept_loop(
                 Behavior::ResetAfterRequest => raw_reset(stream, &state).await,
                 Behavior::NoResponse => raw_no_response(stream, &state).await,
                 Behavior::DieMidResponse => raw_die_mid_response(stream, &state).await,
+                Behavior::Raw { reply, keep_open } => {
+                    raw_reply(stream, &state, reply, keep_open).await
+                }
                 _ => serve_http(stream, name, behavior, state).await,
             }
         });
@@ -537,7 +547,10 @@ async fn answer(
                 .body(body.boxed_unsync())
                 .unwrap()
         }
-        Behavior::ResetAfterRequest | Behavior::NoResponse | Behavior::DieMidResponse => {
+        Behavior::ResetAfterRequest
+        | Behavior::NoResponse
+        | Behavior::DieMidResponse
+        | Behavior::Raw { .. } => {
             unreachable!("raw behaviours are not served by hyper")
         }
     }
@@ -689,6 +702,15 @@ async fn raw_reset(mut stream: TcpStream, state: &BackendState) {
         eprintln!("set_linger: {e}");
     }
     drop(stream);
+}
+
+async fn raw_reply(mut stream: TcpStream, state: &BackendState, reply: &[u8], keep_open: bool) {
+    while read_raw_request(&mut stream, state).await.is_some() {
+        if stream.write_all(reply).await.is_err() || !keep_open {
+            break;
+        }
+    }
+    // Dropping the stream closes it (FIN): the proxy must notice before it reuses it.
 }
 
 async fn raw_no_response(mut stream: TcpStream, state: &BackendState) {

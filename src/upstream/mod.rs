@@ -6,19 +6,23 @@
 //! number of open connections never exceeds the limit. The idle list is a `Vec` behind a mutex
 //! of its own member: the critical section is one push or pop, and no lock is shared by the
 //! requests of different members.
+//!
+//! A connection is driven by the request that holds it ([`conn`]), in HTTP/1.1 as [`h1`] writes
+//! and parses it; an idle one is just a socket, checked when it is taken again.
+
+pub mod conn;
+pub mod h1;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout, Instant};
 
-use crate::proxy::body::RequestBody;
+pub use conn::{ExchangeError, MemberConn};
 
 /// Pool settings shared by every member (from `[proxy]`).
 #[derive(Clone, Copy, Debug)]
@@ -37,8 +41,6 @@ pub enum ConnectError {
     /// `max_connections` were in use for the whole connect timeout.
     #[error("member busy: max_connections in use")]
     Busy,
-    #[error("handshake failed: {0}")]
-    Handshake(#[source] hyper::Error),
 }
 
 impl ConnectError {
@@ -50,14 +52,14 @@ impl ConnectError {
 
 /// One connection checked out for one request.
 pub struct Conn {
-    pub sender: SendRequest<RequestBody>,
+    pub member: MemberConn,
     /// Came from the idle list (for the log and the metrics).
     pub reused: bool,
     permit: Option<OwnedSemaphorePermit>,
 }
 
 struct Idle {
-    sender: SendRequest<RequestBody>,
+    member: MemberConn,
     since: Instant,
 }
 
@@ -109,28 +111,16 @@ impl Upstream {
                 Ok(Err(_)) | Err(_) => return Err(ConnectError::Busy),
             },
         };
-        while let Some(mut sender) = self.pop_idle() {
-            // A connection that just finished a response may need one turn of its task to be
-            // ready again; one that does not become ready soon is dropped. (The check first
-            // spares the common case a timer.)
-            if sender.is_ready() {
-                return Ok(Conn {
-                    sender,
-                    reused: true,
-                    permit,
-                });
-            }
-            if let Ok(Ok(())) = timeout(Duration::from_secs(1), sender.ready()).await {
-                return Ok(Conn {
-                    sender,
-                    reused: true,
-                    permit,
-                });
-            }
+        if let Some(member) = self.pop_idle() {
+            return Ok(Conn {
+                member,
+                reused: true,
+                permit,
+            });
         }
-        let sender = self.connect().await?;
+        let member = self.connect().await?;
         Ok(Conn {
-            sender,
+            member,
             reused: false,
             permit,
         })
@@ -138,12 +128,15 @@ impl Upstream {
 
     /// Hands a connection whose exchange finished cleanly back to the idle list.
     pub fn release(&self, conn: Conn) {
-        let Conn { sender, permit, .. } = conn;
-        if !sender.is_closed() {
+        let Conn {
+            mut member, permit, ..
+        } = conn;
+        if member.keep_alive && member.buf.is_empty() {
+            member.settle();
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             if idle.len() < self.settings.max_idle {
                 idle.push(Idle {
-                    sender,
+                    member,
                     since: Instant::now(),
                 });
             }
@@ -151,17 +144,19 @@ impl Upstream {
         drop(permit);
     }
 
-    fn pop_idle(&self) -> Option<SendRequest<RequestBody>> {
+    /// The most recently used idle connection that can still carry a request; the others
+    /// met on the way (closed by the member, or idle too long) are dropped.
+    fn pop_idle(&self) -> Option<MemberConn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(conn) = idle.pop() {
-            if !conn.sender.is_closed() && conn.since.elapsed() < self.settings.idle_timeout {
-                return Some(conn.sender);
+            if conn.since.elapsed() < self.settings.idle_timeout && conn.member.is_reusable() {
+                return Some(conn.member);
             }
         }
         None
     }
 
-    async fn connect(&self) -> Result<SendRequest<RequestBody>, ConnectError> {
+    async fn connect(&self) -> Result<MemberConn, ConnectError> {
         let stream = match timeout(self.connect_timeout, TcpStream::connect(self.addr)).await {
             Err(_) => return Err(ConnectError::Timeout),
             Ok(Err(e)) => return Err(ConnectError::Refused(e)),
@@ -171,17 +166,7 @@ impl Upstream {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(addr = %self.addr, error = %e, "set_nodelay failed");
         }
-        let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(ConnectError::Handshake)?;
         self.opened.fetch_add(1, Ordering::Relaxed);
-        let addr = self.addr;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%addr, error = %e, "member connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(MemberConn::new(stream))
     }
 }

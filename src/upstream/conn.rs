@@ -1,0 +1,226 @@
+//! One connection to a member, driven by the task of the request that holds it: the request is
+//! written and the response read in that task, with no connection task, channel or wake-up in
+//! between (hyper's client would add all three per request).
+
+use std::io::{self, IoSlice};
+use std::task::{ready, Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Method};
+use http_body::Body;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+
+use super::h1::{self, ProtocolError, ResponseHead};
+use crate::proxy::body::{ClientBodyError, RequestBody};
+
+/// Bytes read from a member at a time (response heads and bodies).
+const READ_CHUNK: usize = 16 * 1024;
+/// A pooled connection keeps a read buffer at most this large.
+const IDLE_BUFFER: usize = 16 * 1024;
+
+/// Why an exchange with a member failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// Nothing reached the member: the very first write failed.
+    #[error("connection closed before the request was written: {0}")]
+    NotSent(#[source] io::Error),
+    #[error("member connection failed: {0}")]
+    Io(#[source] io::Error),
+    #[error("member closed the connection before the response head")]
+    Closed,
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// The client's body failed while it was streamed: the client's fault.
+    #[error(transparent)]
+    ClientBody(ClientBodyError),
+}
+
+pub struct MemberConn {
+    stream: TcpStream,
+    /// Read from the member and not consumed yet.
+    pub(crate) buf: BytesMut,
+    /// The request head being written (its capacity is reused).
+    head: Vec<u8>,
+    /// The member lets this connection carry another request once the response has ended.
+    pub(crate) keep_alive: bool,
+    /// The last read took all the socket had, so its readiness can be dropped without a
+    /// syscall (see [`MemberConn::settle`]).
+    drained: bool,
+}
+
+impl MemberConn {
+    pub fn new(stream: TcpStream) -> MemberConn {
+        MemberConn {
+            stream,
+            buf: BytesMut::new(),
+            head: Vec::with_capacity(1024),
+            keep_alive: true,
+            drained: false,
+        }
+    }
+
+    /// Whether an idle connection can carry a request: the member has neither closed it nor
+    /// sent anything unasked. Costs no syscall unless the socket has signalled something.
+    pub fn is_reusable(&self) -> bool {
+        if !self.keep_alive || !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Gets a connection whose response has ended ready for the idle list.
+    pub fn settle(&mut self) {
+        if self.drained {
+            // The socket was read dry: forget its "readable" state, so the next is_reusable
+            // needs no syscall. (A close the member signals later, or already did, is kept:
+            // tokio never clears the closed states.)
+            let _ = self.stream.try_io(Interest::READABLE, || {
+                Err::<(), _>(io::ErrorKind::WouldBlock.into())
+            });
+        }
+        if self.buf.capacity() > IDLE_BUFFER {
+            self.buf = BytesMut::new();
+        }
+    }
+
+    /// Sends one request and reads the response head. `path` is the origin form. `body` is
+    /// left as it was when nothing was sent ([`ExchangeError::NotSent`]), so it can go to
+    /// another member.
+    pub async fn send(
+        &mut self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        body: &mut RequestBody,
+    ) -> Result<ResponseHead, ExchangeError> {
+        let chunked = matches!(body, RequestBody::Stream { .. })
+            && !headers.contains_key(http::header::CONTENT_LENGTH);
+        let extra: Option<&[u8]> = chunked.then_some(b"transfer-encoding: chunked\r\n");
+        h1::encode_request_head(&mut self.head, method, path, headers, extra);
+        let data = match body {
+            RequestBody::Full(Some(data)) => data.clone(),
+            _ => Bytes::new(),
+        };
+        let mut written = 0;
+        write_all(&mut self.stream, &self.head, &data, &mut written)
+            .await
+            .map_err(|e| {
+                if written == 0 {
+                    ExchangeError::NotSent(e)
+                } else {
+                    ExchangeError::Io(e)
+                }
+            })?;
+        if let RequestBody::Stream { .. } = body {
+            self.stream_body(body, chunked).await?;
+        }
+        self.read_head(method).await
+    }
+
+    async fn stream_body(
+        &mut self,
+        body: &mut RequestBody,
+        chunked: bool,
+    ) -> Result<(), ExchangeError> {
+        let mut body = std::pin::Pin::new(body);
+        while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+            let frame = frame.map_err(ExchangeError::ClientBody)?;
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers: not forwarded on a streamed request
+            };
+            if data.is_empty() {
+                continue;
+            }
+            let mut n = 0;
+            if chunked {
+                let size = format!("{:x}\r\n", data.len());
+                write_all(&mut self.stream, size.as_bytes(), &data, &mut n).await
+            } else {
+                write_all(&mut self.stream, &data, &[], &mut n).await
+            }
+            .map_err(ExchangeError::Io)?;
+            if chunked {
+                self.stream
+                    .write_all(b"\r\n")
+                    .await
+                    .map_err(ExchangeError::Io)?;
+            }
+        }
+        if chunked {
+            self.stream
+                .write_all(b"0\r\n\r\n")
+                .await
+                .map_err(ExchangeError::Io)?;
+        }
+        Ok(())
+    }
+
+    async fn read_head(&mut self, method: &Method) -> Result<ResponseHead, ExchangeError> {
+        loop {
+            if !self.buf.is_empty() {
+                if let Some(head) = h1::parse_response_head(&mut self.buf, method)? {
+                    self.keep_alive = head.keep_alive;
+                    return Ok(head);
+                }
+            }
+            self.buf.reserve(READ_CHUNK);
+            let spare = self.buf.capacity() - self.buf.len();
+            let n = self
+                .stream
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(ExchangeError::Io)?;
+            if n == 0 {
+                return Err(ExchangeError::Closed);
+            }
+            self.drained = n < spare;
+        }
+    }
+
+    /// Reads more of the response into `buf`; `Ok(0)` when the member closed the connection.
+    /// `want` bounds how much is asked for (what is left of a body of known length).
+    pub fn poll_fill(&mut self, cx: &mut Context<'_>, want: u64) -> Poll<io::Result<usize>> {
+        let want = (want.min(READ_CHUNK as u64) as usize).max(1);
+        if self.buf.capacity() - self.buf.len() < want {
+            self.buf.reserve(want);
+        }
+        loop {
+            ready!(self.stream.poll_read_ready(cx))?;
+            let spare = self.buf.capacity() - self.buf.len();
+            match self.stream.try_read_buf(&mut self.buf) {
+                Ok(n) => {
+                    self.drained = n < spare;
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+/// Writes `a` then `b` whole, in as few syscalls as the socket allows; `written` counts what
+/// went out, so a failure can tell "nothing sent" from "partly sent".
+async fn write_all(
+    stream: &mut TcpStream,
+    a: &[u8],
+    b: &[u8],
+    written: &mut usize,
+) -> io::Result<()> {
+    let total = a.len() + b.len();
+    while *written < total {
+        let n = if *written < a.len() {
+            let slices = [IoSlice::new(&a[*written..]), IoSlice::new(b)];
+            stream.write_vectored(&slices).await?
+        } else {
+            stream.write(&b[*written - a.len()..]).await?
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        *written += n;
+    }
+    Ok(())
+}
