@@ -4,7 +4,6 @@
 //! What depends only on the client connection (its address as a header value) is made once per
 //! connection in [`ClientConn`], not once per request.
 
-use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -71,23 +70,50 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Removes the hop-by-hop headers and those the `Connection` header names.
-///
-/// One pass over the names first: most messages carry none of them, or only `Connection`, and
-/// a removal costs a hash lookup whether or not the header is there.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let mut present = [false; HOP_COUNT];
-    let mut any = false;
-    for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            present[i] = true;
-            any = true;
+/// Which of the names the rules act on a header map holds, found in one pass over its names
+/// (most requests carry few of them, and a removal costs a hash lookup whether or not the
+/// header is there).
+#[derive(Clone, Copy, Default)]
+struct Present {
+    hop_by_hop: [bool; HOP_COUNT],
+    any_hop_by_hop: bool,
+    expect: bool,
+    private: bool,
+    forwarded: bool,
+    forwarded_host: bool,
+}
+
+impl Present {
+    fn scan(headers: &HeaderMap) -> Present {
+        let mut p = Present::default();
+        for name in headers.keys() {
+            if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+                p.hop_by_hop[i] = true;
+                p.any_hop_by_hop = true;
+            } else if name == header::EXPECT {
+                p.expect = true;
+            } else if name == header::FORWARDED {
+                p.forwarded = true;
+            } else if name == X_FORWARDED_HOST {
+                p.forwarded_host = true;
+            } else if name.as_str().starts_with("$ws") {
+                p.private = true;
+            }
         }
+        p
     }
-    if !any {
+}
+
+/// Removes the hop-by-hop headers and those the `Connection` header names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    remove_hop_by_hop_present(headers, &Present::scan(headers));
+}
+
+fn remove_hop_by_hop_present(headers: &mut HeaderMap, present: &Present) {
+    if !present.any_hop_by_hop {
         return;
     }
-    if present[0] {
+    if present.hop_by_hop[0] {
         let named: Vec<HeaderValue> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -108,7 +134,11 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
             }
         }
     }
-    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
+    for (name, _) in HOP_BY_HOP
+        .iter()
+        .zip(present.hop_by_hop)
+        .filter(|(_, p)| *p)
+    {
         headers.remove(name);
     }
 }
@@ -121,17 +151,24 @@ pub fn rewrite_request(
     host: Option<&HeaderValue>,
     websphere: bool,
 ) {
-    remove_hop_by_hop(headers);
+    let present = Present::scan(headers);
+    // Room for what is added below, made once rather than grown insert by insert.
+    headers.reserve(if websphere { 10 } else { 4 });
+    remove_hop_by_hop_present(headers, &present);
     // The proxy read the body (or streams it); members never see a client's expectation.
-    headers.remove(header::EXPECT);
-    remove_private_headers(headers);
+    if present.expect {
+        headers.remove(header::EXPECT);
+    }
+    if present.private {
+        remove_private_headers(headers);
+    }
 
     if conn.trusted {
         append_list(headers, X_FORWARDED_FOR, conn.client_ip.as_bytes());
         if !headers.contains_key(X_FORWARDED_PROTO) {
             headers.insert(X_FORWARDED_PROTO, HTTP);
         }
-        if !headers.contains_key(X_FORWARDED_HOST) {
+        if !present.forwarded_host {
             if let Some(host) = host {
                 headers.insert(X_FORWARDED_HOST, host.clone());
             }
@@ -140,17 +177,23 @@ pub fn rewrite_request(
         headers.insert(X_FORWARDED_FOR, conn.client_ip.clone());
         headers.insert(X_FORWARDED_PROTO, HTTP);
         match host {
-            Some(host) => headers.insert(X_FORWARDED_HOST, host.clone()),
-            None => headers.remove(X_FORWARDED_HOST),
-        };
-        headers.remove(header::FORWARDED);
+            Some(host) => {
+                headers.insert(X_FORWARDED_HOST, host.clone());
+            }
+            None if present.forwarded_host => {
+                headers.remove(X_FORWARDED_HOST);
+            }
+            None => {}
+        }
     }
-    let mut element = String::with_capacity(conn.forwarded_for.len() + 32);
-    element.push_str(&conn.forwarded_for);
-    if let Some(host) = host.and_then(|h| h.to_str().ok()) {
-        let _ = write!(element, ";host=\"{host}\"");
+    let host_text = host.and_then(|h| h.to_str().ok());
+    let element = forwarded_element(conn, host_text);
+    if conn.trusted && present.forwarded {
+        append_list(headers, header::FORWARDED, &element);
+    } else if let Ok(value) = HeaderValue::from_maybe_shared(element) {
+        // An untrusted client's own Forwarded is replaced.
+        headers.insert(header::FORWARDED, value);
     }
-    append_list(headers, header::FORWARDED, element.as_bytes());
 
     if websphere {
         headers.insert(WSRA, conn.client_ip.clone());
@@ -165,6 +208,19 @@ pub fn rewrite_request(
         }
         headers.insert(WSSP, conn.local_port.clone());
     }
+}
+
+/// This proxy's `Forwarded` element: `for=…;proto=http` and `;host="…"` when there is a host.
+fn forwarded_element(conn: &ClientConn, host: Option<&str>) -> bytes::Bytes {
+    let mut element =
+        Vec::with_capacity(conn.forwarded_for.len() + host.map_or(0, |h| h.len() + 8));
+    element.extend_from_slice(conn.forwarded_for.as_bytes());
+    if let Some(host) = host {
+        element.extend_from_slice(b";host=\"");
+        element.extend_from_slice(host.as_bytes());
+        element.push(b'"');
+    }
+    element.into()
 }
 
 /// Removes every `$WS…` header a client sent: only the proxy may set them.

@@ -80,12 +80,20 @@ impl Proxy {
             affinity: Affinity::None,
             attempts: 0,
         };
-        let path_for_log = request
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().to_owned());
+        // Copied only when the access log is on: the request is consumed before the line is written.
+        let path_for_log = tracing::enabled!(target: "tether::access", tracing::Level::INFO)
+            .then(|| {
+                request
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.as_str().to_owned())
+            })
+            .flatten();
         let has_body = !hyper::body::Body::is_end_stream(request.body());
-        let response = match self.forward(request, conn, start, &mut outcome).await {
+        // Boxed: hyper keeps the service future of every connection, idle ones included, so
+        // the large pipeline state lives only while a request is in flight.
+        let forwarded = Box::pin(self.forward(request, conn, start, &mut outcome)).await;
+        let response = match forwarded {
             Ok(response) => response,
             Err((error, body_read)) => error.respond(has_body && !body_read),
         };

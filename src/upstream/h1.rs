@@ -5,6 +5,8 @@
 //! Response header values are slices of the one buffer the head was read into (no copy per
 //! header); hop-by-hop headers are left out while the map is built.
 
+use std::mem::MaybeUninit;
+
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
@@ -84,9 +86,15 @@ pub fn parse_response_head(
     request_method: &Method,
 ) -> Result<Option<ResponseHead>, ProtocolError> {
     loop {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut slots);
-        let len = match response.parse(buf) {
+        // Uninitialised slots: initialising 100 of them cost more than parsing a small head.
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            buf,
+            &mut slots,
+        );
+        let len = match parsed {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
                 return Err(ProtocolError::HeadTooLarge)
@@ -175,7 +183,7 @@ fn build(
                         connection_names = true;
                     }
                 }
-                // Kept until the end: the headers it names are removed then.
+                continue;
             }
             _ if is_hop_by_hop(&name) => continue,
             _ => {}
@@ -185,20 +193,18 @@ fn build(
         headers.append(name, value);
     }
     if connection_names {
-        let named: Vec<HeaderValue> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .cloned()
-            .collect();
-        for value in &named {
-            for token in value.as_bytes().split(|&b| b == b',') {
+        // Rare: the member named headers of its own in Connection; they go too.
+        for &(ns, ne, vs, ve) in fields {
+            if !head[ns as usize..ne as usize].eq_ignore_ascii_case(b"connection") {
+                continue;
+            }
+            for token in head[vs as usize..ve as usize].split(|&b| b == b',') {
                 if let Ok(name) = HeaderName::from_bytes(token.trim_ascii()) {
                     headers.remove(name);
                 }
             }
         }
     }
-    headers.remove(header::CONNECTION);
     if transfer_encoding {
         // A message with both is framed by Transfer-Encoding; its Content-Length is wrong.
         headers.remove(header::CONTENT_LENGTH);
