@@ -25,6 +25,8 @@
 #   --quiet-wait S  before each run, wait up to S seconds (default 20, 0 with --smoke) for other
 #                work on the machine to stop using CPU; each run also records the CPU time used by
 #                processes other than the proxy, the members and wrk ("bg CPU" in the table).
+#   --baseline BIN  also measures BIN, an earlier tether build, as the system "before" (same
+#                config, same rounds), so a change is judged by before/after ratios from one run.
 #   --out DIR    keeps the raw results (results.tsv, rss.tsv, the table, wrk output) in DIR.
 #   --systems, --workloads  a subset, e.g. to profile one proxy on one workload (--idle 0 skips
 #                the idle-connection test).
@@ -36,7 +38,7 @@ root=$(pwd)
 here=$root/scripts/bench
 
 rounds=3 duration=10 connections=50 workers=1 idle=10000 pace_ms=5 smoke=0 out="" quiet_wait=20
-systems_arg="tether,nginx,haproxy" workloads_arg="get,sticky,post,1m,close,paced"
+baseline="" systems_arg="tether,nginx,haproxy" workloads_arg="get,sticky,post,1m,close,paced"
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case $1 in
@@ -51,6 +53,7 @@ while [ $# -gt 0 ]; do
     --systems) systems_arg=$2; shift 2 ;;
     --workloads) workloads_arg=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
+    --baseline) baseline=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -62,7 +65,12 @@ done
 [[ $quiet_wait =~ ^[0-9]+$ ]] || { echo "--quiet-wait takes a number, got '$quiet_wait'" >&2; exit 2; }
 [[ $workers == 1 || $workers == 2 ]] || { echo "--workers is 1 or 2" >&2; exit 2; }
 IFS=, read -r -a systems <<< "$systems_arg"
+if [ -n "$baseline" ]; then
+  [ -x "$baseline" ] || { echo "--baseline: $baseline is not an executable" >&2; exit 2; }
+  systems+=(before)
+fi
 for s in "${systems[@]}"; do
+  [[ $s == before ]] && continue
   [[ $s == tether || $s == nginx || $s == haproxy ]] || { echo "unknown system $s" >&2; exit 2; }
 done
 IFS=, read -r -a workloads <<< "$workloads_arg"
@@ -144,13 +152,13 @@ trap 'exit 130' INT TERM
 trap 'exit 129' HUP
 trap 'exit 141' PIPE # e.g. `scripts/bench.sh | head`: still stop everything
 
-read -r port_c1 port_c2 port_c3 port_tether port_nginx port_haproxy < <(python3 -c '
+read -r port_c1 port_c2 port_c3 port_tether port_nginx port_haproxy port_before < <(python3 -c '
 import socket
-ss = [socket.socket() for _ in range(6)]
+ss = [socket.socket() for _ in range(7)]
 for s in ss: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in ss])')
 declare -A port=([c1]=$port_c1 [c2]=$port_c2 [c3]=$port_c3
-  [tether]=$port_tether [nginx]=$port_nginx [haproxy]=$port_haproxy)
+  [tether]=$port_tether [nginx]=$port_nginx [haproxy]=$port_haproxy [before]=$port_before)
 
 user_line=""; [ "$(id -u)" -eq 0 ] && user_line="user root;"
 render() { # template output [KEY=value ...]
@@ -198,9 +206,11 @@ start_proxy() { # system
   local vars=(PORT="${port[$s]}" C1="$port_c1" C2="$port_c2" C3="$port_c3" DIR="$dir"
     WORKERS="$workers" NOFILE="$nofile" MAXCONN="$maxconn" USER="$user_line")
   case $s in
-    tether)
+    tether | before)
+      local bin=$tether_bin
+      [ "$s" = before ] && bin=$baseline
       render "$here/proxy-tether.toml" "$dir/tether.toml" "${vars[@]}"
-      RUST_LOG=warn "${proxy_pin[@]}" "$tether_bin" proxy --config "$dir/tether.toml" \
+      RUST_LOG=warn "${proxy_pin[@]}" "$bin" proxy --config "$dir/tether.toml" \
         > "$dir/log" 2>&1 &
       ;;
     nginx)

@@ -193,3 +193,31 @@ async fn a_broken_response_head_is_502_retried_only_when_safe() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_chunked_upload_keeps_its_trailers() {
+    let (m1, proxy) = one_member(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", true).await;
+    // Larger than post_buffer_size (64 KiB), so it is streamed, not buffered.
+    let chunk = vec![b'x'; 40 * 1024];
+    let mut request =
+        b"POST /upload HTTP/1.1\r\nHost: shop\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
+    for _ in 0..3 {
+        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        request.extend_from_slice(&chunk);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\nX-Checksum: 42\r\n\r\n");
+    let reply = raw_exchange(proxy.addr, &request, Duration::from_secs(5)).await;
+    assert_eq!(
+        raw_status(&reply),
+        Some(200),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    let seen = m1.requests();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].complete);
+    assert_eq!(seen[0].body_len, 3 * 40 * 1024);
+    assert_eq!(seen[0].trailers.to_ascii_lowercase(), "x-checksum: 42\r\n");
+}

@@ -15,7 +15,8 @@ import csv
 import statistics
 import sys
 
-SYSTEMS = ["tether", "nginx", "haproxy"]
+# "before": an earlier tether build measured in the same run (bench.sh --baseline BIN).
+SYSTEMS = ["tether", "before", "nginx", "haproxy"]
 WORKLOADS = [
     ("get", "1 GET small, sessionless"),
     ("sticky", "2 GET small, sessional"),
@@ -134,7 +135,7 @@ def main():
         t = table.get(w, {}).get("tether")
         if not t:
             continue
-        for other in ("nginx", "haproxy"):
+        for other in ("before", "nginx", "haproxy"):
             o = table[w].get(other)
             if not o:
                 continue

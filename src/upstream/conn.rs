@@ -125,10 +125,16 @@ impl MemberConn {
         chunked: bool,
     ) -> Result<(), ExchangeError> {
         let mut body = std::pin::Pin::new(body);
+        let mut trailers = None;
         while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
             let frame = frame.map_err(ExchangeError::ClientBody)?;
-            let Ok(data) = frame.into_data() else {
-                continue; // trailers: not forwarded on a streamed request
+            let data = match frame.into_data() {
+                Ok(data) => data,
+                Err(frame) => {
+                    // Only a chunked body can carry trailer fields on.
+                    trailers = frame.into_trailers().ok();
+                    continue;
+                }
             };
             if data.is_empty() {
                 continue;
@@ -149,8 +155,16 @@ impl MemberConn {
             }
         }
         if chunked {
+            let mut last = b"0\r\n".to_vec();
+            for (name, value) in trailers.iter().flatten() {
+                last.extend_from_slice(name.as_str().as_bytes());
+                last.extend_from_slice(b": ");
+                last.extend_from_slice(value.as_bytes());
+                last.extend_from_slice(b"\r\n");
+            }
+            last.extend_from_slice(b"\r\n");
             self.stream
-                .write_all(b"0\r\n\r\n")
+                .write_all(&last)
                 .await
                 .map_err(ExchangeError::Io)?;
         }

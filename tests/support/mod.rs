@@ -274,6 +274,8 @@ pub struct Recorded {
     pub body: Option<Bytes>,
     /// False when the body ended in an error (connection closed mid-body).
     pub complete: bool,
+    /// The trailer section of a chunked body, as raw lines (raw backends only).
+    pub trailers: String,
 }
 
 impl Recorded {
@@ -513,6 +515,7 @@ async fn answer(
         body_checksum,
         body: (body_len as usize <= RECORD_BODY_LIMIT).then(|| kept.clone()),
         complete,
+        trailers: String::new(),
     });
     if !complete {
         return Response::builder()
@@ -597,8 +600,9 @@ async fn read_raw_request(stream: &mut TcpStream, state: &BackendState) -> Optio
             .to_ascii_lowercase()
             .contains("chunked")
     });
+    let mut trailers = String::new();
     let (body, complete) = if chunked {
-        read_chunked(stream, &mut rest).await
+        read_chunked(stream, &mut rest, &mut trailers).await
     } else {
         let len: usize = headers
             .get("content-length")
@@ -630,13 +634,18 @@ async fn read_raw_request(stream: &mut TcpStream, state: &BackendState) -> Optio
         body_checksum,
         body: (body.len() <= RECORD_BODY_LIMIT).then(|| Bytes::from(body)),
         complete,
+        trailers,
     });
     Some(())
 }
 
 /// Decodes a chunked body from `buf` plus whatever more the socket sends. Returns the body and
-/// whether the last chunk arrived.
-async fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> (Vec<u8>, bool) {
+/// whether the last chunk arrived; the trailer lines go to `trailers`.
+async fn read_chunked(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    trailers: &mut String,
+) -> (Vec<u8>, bool) {
     let mut body = Vec::new();
     let mut pos = 0usize;
     loop {
@@ -662,6 +671,7 @@ async fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> (Vec<u8>, bo
                     if i == 0 {
                         return (body, true);
                     }
+                    trailers.push_str(&String::from_utf8_lossy(&buf[pos..pos + i + 2]));
                     pos += i + 2;
                     continue;
                 }
