@@ -6,15 +6,18 @@
 //! given up. Response bodies are read from the member connection as the client takes them, and
 //! hand the connection back to the pool when they end cleanly.
 
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
 
 use crate::balance::{InFlight, Target};
+use crate::server::conn::ClientBody;
 use crate::upstream::h1::{Chunked, Framing, ProtocolError, Step};
 use crate::upstream::Conn;
 
@@ -24,24 +27,192 @@ pub enum ClientBodyError {
     #[error("request body larger than post_size_limit")]
     TooLarge,
     #[error("client request body failed: {0}")]
-    Aborted(#[source] hyper::Error),
+    Aborted(#[source] BodyError),
+}
+
+/// A body read off a connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("connection failed mid-body: {0}")]
+    Io(#[source] io::Error),
+    #[error("connection closed before the body ended")]
+    Incomplete,
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+}
+
+/// A connection read through a buffer: what was read and not consumed yet, and a way to read
+/// more.
+pub trait ReadBuffered {
+    fn buf(&mut self) -> &mut BytesMut;
+    /// Reads more into the buffer; `Ok(0)` when the peer closed. `want` bounds what is asked.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: u64) -> Poll<io::Result<usize>>;
+}
+
+/// Reads what the socket has into `buf` (at least `chunk` bytes of room), without waiting.
+/// A read that leaves room in the buffer took all the socket had, so its readiness is dropped
+/// then and there, as tokio's own `poll_read` does: the next wait costs no useless syscall.
+/// A close the peer signalled is kept (tokio never clears the closed states).
+pub fn try_fill(stream: &TcpStream, buf: &mut BytesMut, chunk: usize) -> io::Result<usize> {
+    if buf.capacity() - buf.len() < chunk.div_ceil(2) {
+        buf.reserve(chunk);
+    }
+    let spare = buf.capacity() - buf.len();
+    let mut got = None;
+    let result = stream.try_io(Interest::READABLE, || {
+        let n = stream.try_read_buf(buf)?;
+        got = Some(n);
+        if n > 0 && n < spare {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(())
+        }
+    });
+    match (got, result) {
+        (Some(n), _) => Ok(n),
+        (None, Err(e)) => Err(e),
+        (None, Ok(())) => Ok(0),
+    }
+}
+
+/// [`try_fill`] once the socket is readable; `want` (what is left of a body of known length)
+/// bounds the room made, `chunk` at most.
+pub fn poll_fill(
+    stream: &TcpStream,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+    want: u64,
+    chunk: usize,
+) -> Poll<io::Result<usize>> {
+    let chunk = (want.min(chunk as u64) as usize).max(1);
+    loop {
+        ready!(stream.poll_read_ready(cx))?;
+        match try_fill(stream, buf, chunk) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            result => return Poll::Ready(result),
+        }
+    }
+}
+
+/// Writes every slice whole, in as few syscalls as the socket allows.
+pub async fn write_all_slices(
+    stream: &TcpStream,
+    mut slices: &mut [IoSlice<'_>],
+) -> io::Result<()> {
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        stream.writable().await?;
+        match stream.try_write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Where a body read off a connection stands: a member's response, a client's request.
+pub enum Remaining {
+    Length(u64),
+    Chunked(Chunked),
+    /// Until the peer closes the connection.
+    Close,
+    Done,
+}
+
+impl Remaining {
+    pub fn is_done(&self) -> bool {
+        matches!(self, Remaining::Done | Remaining::Length(0))
+    }
+
+    pub fn size_hint(&self) -> SizeHint {
+        match self {
+            Remaining::Length(n) => SizeHint::with_exact(*n),
+            Remaining::Done => SizeHint::with_exact(0),
+            _ => SizeHint::new(),
+        }
+    }
+
+    /// The next piece of the body: from the buffer when it holds some, else read first.
+    pub fn poll_next(
+        &mut self,
+        io: &mut impl ReadBuffered,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, BodyError>>> {
+        self.poll_next_keeping_trailers(io, cx, None)
+    }
+
+    /// [`Remaining::poll_next`]; a chunked body's trailer section goes to `trailers`.
+    pub fn poll_next_keeping_trailers(
+        &mut self,
+        io: &mut impl ReadBuffered,
+        cx: &mut Context<'_>,
+        mut trailers: Option<&mut Vec<u8>>,
+    ) -> Poll<Option<Result<Bytes, BodyError>>> {
+        loop {
+            let buf = io.buf();
+            let step = match self {
+                Remaining::Done | Remaining::Length(0) => Step::Done,
+                Remaining::Length(_) | Remaining::Close if buf.is_empty() => Step::More,
+                Remaining::Length(left) => {
+                    let n = (buf.len() as u64).min(*left) as usize;
+                    *left -= n as u64;
+                    Step::Data(buf.split_to(n).freeze())
+                }
+                Remaining::Chunked(decoder) => {
+                    match decoder.decode_keeping_trailers(buf, trailers.as_deref_mut()) {
+                        Ok(step) => step,
+                        Err(e) => return Poll::Ready(Some(Err(e.into()))),
+                    }
+                }
+                Remaining::Close => Step::Data(buf.split().freeze()),
+            };
+            match step {
+                Step::Data(data) => {
+                    if let Remaining::Length(0) = self {
+                        *self = Remaining::Done;
+                    }
+                    return Poll::Ready(Some(Ok(data)));
+                }
+                Step::Done => {
+                    *self = Remaining::Done;
+                    return Poll::Ready(None);
+                }
+                Step::More => {}
+            }
+            let want = match self {
+                Remaining::Length(left) => *left,
+                _ => u64::MAX,
+            };
+            match ready!(io.poll_fill(cx, want)) {
+                Ok(0) if matches!(self, Remaining::Close) => {
+                    *self = Remaining::Done;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return Poll::Ready(Some(Err(BodyError::Incomplete))),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Some(Err(BodyError::Io(e)))),
+            }
+        }
+    }
 }
 
 /// The body sent to a member for one attempt.
-pub enum RequestBody {
+pub enum RequestBody<'a> {
     Empty,
     /// The whole body, held in the replay buffer.
     Full(Option<Bytes>),
     /// A body too long to replay: what was read ahead, then the rest straight from the client.
     Stream {
         prefix: Option<Bytes>,
-        rest: Incoming,
+        rest: ClientBody<'a>,
         seen: u64,
         limit: u64,
     },
 }
 
-impl Body for RequestBody {
+impl Body for RequestBody<'_> {
     type Data = Bytes;
     type Error = ClientBodyError;
 
@@ -63,7 +234,7 @@ impl Body for RequestBody {
                 }
                 match ready!(Pin::new(rest).poll_frame(cx)) {
                     None => Poll::Ready(None),
-                    Some(Err(e)) => Poll::Ready(Some(Err(ClientBodyError::Aborted(e)))),
+                    Some(Err(e)) => Poll::Ready(Some(Err(e))),
                     Some(Ok(frame)) => {
                         if let Some(data) = frame.data_ref() {
                             *seen += data.len() as u64;
@@ -109,23 +280,23 @@ impl Body for RequestBody {
 }
 
 /// Where the body of one request comes from, attempt after attempt.
-pub enum BodySource {
+pub enum BodySource<'a> {
     Empty,
     /// Replayable: every attempt gets a copy (a reference count, not a copy of the bytes).
     Buffered(Bytes),
     /// Can be sent once; `None` once it was handed to an attempt.
-    Once(Option<RequestBody>),
+    Once(Option<RequestBody<'a>>),
 }
 
-impl BodySource {
+impl<'a> BodySource<'a> {
     /// Reads up to `cap` bytes of the body ahead; a body announced longer than `cap` is not
     /// touched at all. `limit` is `post_size_limit`.
     pub async fn read_ahead(
-        mut body: Incoming,
+        mut body: ClientBody<'a>,
         content_length: Option<u64>,
         cap: usize,
         limit: u64,
-    ) -> Result<BodySource, ClientBodyError> {
+    ) -> Result<BodySource<'a>, ClientBodyError> {
         if body.is_end_stream() {
             return Ok(BodySource::Empty);
         }
@@ -141,7 +312,7 @@ impl BodySource {
         while buf.len() <= cap {
             match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
                 None => break,
-                Some(Err(e)) => return Err(ClientBodyError::Aborted(e)),
+                Some(Err(e)) => return Err(e),
                 Some(Ok(frame)) => {
                     // Trailers of a buffered body are dropped (rare; noted in the README).
                     if let Ok(data) = frame.into_data() {
@@ -169,7 +340,7 @@ impl BodySource {
     }
 
     /// The body for the next attempt, or `None` when it was already sent once.
-    pub fn take(&mut self) -> Option<RequestBody> {
+    pub fn take(&mut self) -> Option<RequestBody<'a>> {
         match self {
             BodySource::Empty => Some(RequestBody::Empty),
             BodySource::Buffered(bytes) => Some(RequestBody::Full(Some(bytes.clone()))),
@@ -178,7 +349,7 @@ impl BodySource {
     }
 
     /// Gives back a body that was never written (the connection was not ready).
-    pub fn put_back(&mut self, body: RequestBody) {
+    pub fn put_back(&mut self, body: RequestBody<'a>) {
         if let BodySource::Once(slot) = self {
             *slot = Some(body);
         }
@@ -218,26 +389,6 @@ impl Lease {
     }
 }
 
-/// A member's response body failed: the client's response is aborted.
-#[derive(Debug, thiserror::Error)]
-pub enum MemberBodyError {
-    #[error("member connection failed mid-body: {0}")]
-    Io(#[source] std::io::Error),
-    #[error("member closed the connection before the body ended")]
-    Incomplete,
-    #[error(transparent)]
-    Protocol(#[from] ProtocolError),
-}
-
-/// Where a member's response body stands.
-pub enum Remaining {
-    Length(u64),
-    Chunked(Chunked),
-    /// Until the member closes the connection.
-    Close,
-    Done,
-}
-
 /// The body of a response to the client.
 pub enum ResponseBody {
     /// Made by the proxy (error pages).
@@ -273,7 +424,7 @@ impl ResponseBody {
     /// the next request can use it at once.
     fn finish_if_done(&mut self) {
         if let ResponseBody::Member { remaining, lease } = self {
-            if matches!(remaining, Remaining::Length(0) | Remaining::Done) {
+            if remaining.is_done() {
                 *remaining = Remaining::Done;
                 if let Some(lease) = lease.take() {
                     lease.release();
@@ -285,12 +436,12 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = MemberBodyError;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, MemberBodyError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
         let (remaining, lease) = match this {
             ResponseBody::Local(data) => {
@@ -301,58 +452,20 @@ impl Body for ResponseBody {
         let Some(held) = lease.as_mut() else {
             return Poll::Ready(None);
         };
-        let member = &mut held.conn.member;
-        loop {
-            let step = match remaining {
-                Remaining::Done => Step::Done,
-                Remaining::Length(_) if member.buf.is_empty() => Step::More,
-                Remaining::Length(left) => {
-                    let n = (member.buf.len() as u64).min(*left) as usize;
-                    *left -= n as u64;
-                    Step::Data(member.buf.split_to(n).freeze())
-                }
-                Remaining::Chunked(decoder) => match decoder.decode(&mut member.buf) {
-                    Ok(step) => step,
-                    Err(e) => {
-                        drop(lease.take());
-                        return Poll::Ready(Some(Err(e.into())));
-                    }
-                },
-                Remaining::Close if member.buf.is_empty() => Step::More,
-                Remaining::Close => Step::Data(member.buf.split().freeze()),
-            };
-            match step {
-                Step::Data(data) => {
-                    this.finish_if_done();
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Step::Done => {
-                    *remaining = Remaining::Done;
-                    this.finish_if_done();
-                    return Poll::Ready(None);
-                }
-                Step::More => {}
+        match ready!(remaining.poll_next(&mut held.conn.member, cx)) {
+            Some(Ok(data)) => {
+                this.finish_if_done();
+                Poll::Ready(Some(Ok(Frame::data(data))))
             }
-            let want = match remaining {
-                Remaining::Length(left) => *left,
-                _ => u64::MAX,
-            };
-            match ready!(member.poll_fill(cx, want)) {
-                Ok(0) if matches!(remaining, Remaining::Close) => {
-                    // The end of a close-delimited body; the connection goes with it.
-                    *remaining = Remaining::Done;
-                    drop(lease.take());
-                    return Poll::Ready(None);
-                }
-                Ok(0) => {
-                    drop(lease.take());
-                    return Poll::Ready(Some(Err(MemberBodyError::Incomplete)));
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    drop(lease.take());
-                    return Poll::Ready(Some(Err(MemberBodyError::Io(e))));
-                }
+            None => {
+                // A close-delimited body ended with its connection: release() will not pool it.
+                this.finish_if_done();
+                Poll::Ready(None)
+            }
+            Some(Err(e)) => {
+                // The member connection is broken: dropping the lease closes it.
+                drop(lease.take());
+                Poll::Ready(Some(Err(e)))
             }
         }
     }
@@ -360,9 +473,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Local(data) => data.is_none(),
-            ResponseBody::Member { remaining, .. } => {
-                matches!(remaining, Remaining::Done | Remaining::Length(0))
-            }
+            ResponseBody::Member { remaining, .. } => remaining.is_done(),
         }
     }
 
@@ -371,11 +482,7 @@ impl Body for ResponseBody {
             ResponseBody::Local(data) => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            ResponseBody::Member { remaining, .. } => match remaining {
-                Remaining::Length(n) => SizeHint::with_exact(*n),
-                Remaining::Done => SizeHint::with_exact(0),
-                _ => SizeHint::new(),
-            },
+            ResponseBody::Member { remaining, .. } => remaining.size_hint(),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Every way a request can fail, and the one function that turns each into a response.
-//! Member faults become 502/503/504, client faults 400/404/413; the proxy never answers 500 for
+//! Member faults become 502/503/504, client faults 400/404/413/431; the proxy never answers 500 for
 //! a member's fault. Details go to the log, not to the client.
 
 use http::{header, HeaderValue, Response, StatusCode};
@@ -9,6 +9,9 @@ use super::body::ResponseBody;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProxyError {
     // The client's fault.
+    /// A request head that cannot be parsed or framed safely.
+    MalformedRequest,
+    HeadersTooLarge,
     MissingHost,
     DuplicateHost,
     BadHost,
@@ -26,9 +29,11 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(self) -> StatusCode {
         match self {
-            ProxyError::MissingHost | ProxyError::DuplicateHost | ProxyError::BadHost => {
-                StatusCode::BAD_REQUEST
-            }
+            ProxyError::MalformedRequest
+            | ProxyError::MissingHost
+            | ProxyError::DuplicateHost
+            | ProxyError::BadHost => StatusCode::BAD_REQUEST,
+            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::ClientBodyAborted => StatusCode::BAD_REQUEST,
             ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
@@ -42,6 +47,8 @@ impl ProxyError {
 
     fn text(self) -> &'static str {
         match self {
+            ProxyError::MalformedRequest => "400 Bad Request: malformed request\n",
+            ProxyError::HeadersTooLarge => "431 Request Header Fields Too Large\n",
             ProxyError::MissingHost => "400 Bad Request: missing Host header\n",
             ProxyError::DuplicateHost => "400 Bad Request: more than one Host header\n",
             ProxyError::BadHost => "400 Bad Request: invalid Host header\n",

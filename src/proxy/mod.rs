@@ -13,11 +13,12 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
+use http_body::Body as _;
 use tokio::time::{timeout, timeout_at, Instant};
 
 use crate::balance::{Affinity, Balancer, Clock, Clones, NoCandidate, Tried};
 use crate::config::{Config, ProxySettings};
+use crate::server::conn::ClientBody;
 use crate::upstream::{ExchangeError, PoolSettings};
 use body::{BodySource, ClientBodyError, Lease, ResponseBody};
 use error::ProxyError;
@@ -65,10 +66,12 @@ impl Proxy {
         self.clusters.iter().find(|c| &*c.config.name == name)
     }
 
-    /// Handles one client request. Never fails: every error becomes a response.
+    /// Handles one client request (its head; the body is read from the client connection as
+    /// needed). Never fails: every error becomes a response.
     pub async fn handle(
         &self,
-        request: Request<Incoming>,
+        request: Request<()>,
+        body: ClientBody<'_>,
         conn: &ClientConn,
     ) -> Response<ResponseBody> {
         let start = Instant::now();
@@ -89,10 +92,10 @@ impl Proxy {
                     .map(|p| p.as_str().to_owned())
             })
             .flatten();
-        let has_body = !hyper::body::Body::is_end_stream(request.body());
-        // Boxed: hyper keeps the service future of every connection, idle ones included, so
-        // the large pipeline state lives only while a request is in flight.
-        let forwarded = Box::pin(self.forward(request, conn, start, &mut outcome)).await;
+        let has_body = !body.is_end_stream();
+        // Boxed: a connection task is as large as its largest state, idle or not, so the large
+        // pipeline state lives in a box of its own only while a request is in flight.
+        let forwarded = Box::pin(self.forward(request, body, conn, start, &mut outcome)).await;
         let response = match forwarded {
             Ok(response) => response,
             Err((error, body_read)) => error.respond(has_body && !body_read),
@@ -116,12 +119,13 @@ impl Proxy {
     /// The error side carries whether the request body was read to its end.
     async fn forward(
         &self,
-        request: Request<Incoming>,
+        request: Request<()>,
+        incoming: ClientBody<'_>,
         conn: &ClientConn,
         start: Instant,
         outcome: &mut Outcome,
     ) -> Result<Response<ResponseBody>, (ProxyError, bool)> {
-        let (parts, incoming) = request.into_parts();
+        let (parts, ()) = request.into_parts();
         let method = parts.method;
         let mut headers = parts.headers;
         let host = request_host(&parts.uri, &headers, parts.version).map_err(|e| (e, false))?;

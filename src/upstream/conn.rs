@@ -3,16 +3,16 @@
 //! between (hyper's client would add all three per request).
 
 use std::io::{self, IoSlice};
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method};
 use http_body::Body;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::h1::{self, ProtocolError, ResponseHead};
-use crate::proxy::body::{ClientBodyError, RequestBody};
+use crate::proxy::body::{poll_fill, ClientBodyError, ReadBuffered, RequestBody};
 
 /// Bytes read from a member at a time (response heads and bodies).
 const READ_CHUNK: usize = 16 * 1024;
@@ -44,9 +44,16 @@ pub struct MemberConn {
     head: Vec<u8>,
     /// The member lets this connection carry another request once the response has ended.
     pub(crate) keep_alive: bool,
-    /// The last read took all the socket had, so its readiness can be dropped without a
-    /// syscall (see [`MemberConn::settle`]).
-    drained: bool,
+}
+
+impl ReadBuffered for MemberConn {
+    fn buf(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: u64) -> Poll<io::Result<usize>> {
+        poll_fill(&self.stream, &mut self.buf, cx, want, READ_CHUNK)
+    }
 }
 
 impl MemberConn {
@@ -56,7 +63,6 @@ impl MemberConn {
             buf: BytesMut::new(),
             head: Vec::with_capacity(1024),
             keep_alive: true,
-            drained: false,
         }
     }
 
@@ -72,14 +78,6 @@ impl MemberConn {
 
     /// Gets a connection whose response has ended ready for the idle list.
     pub fn settle(&mut self) {
-        if self.drained {
-            // The socket was read dry: forget its "readable" state, so the next is_reusable
-            // needs no syscall. (A close the member signals later, or already did, is kept:
-            // tokio never clears the closed states.)
-            let _ = self.stream.try_io(Interest::READABLE, || {
-                Err::<(), _>(io::ErrorKind::WouldBlock.into())
-            });
-        }
         if self.buf.capacity() > IDLE_BUFFER {
             self.buf = BytesMut::new();
         }
@@ -93,7 +91,7 @@ impl MemberConn {
         method: &Method,
         path: &str,
         headers: &HeaderMap,
-        body: &mut RequestBody,
+        body: &mut RequestBody<'_>,
     ) -> Result<ResponseHead, ExchangeError> {
         let chunked = matches!(body, RequestBody::Stream { .. })
             && !headers.contains_key(http::header::CONTENT_LENGTH);
@@ -121,7 +119,7 @@ impl MemberConn {
 
     async fn stream_body(
         &mut self,
-        body: &mut RequestBody,
+        body: &mut RequestBody<'_>,
         chunked: bool,
     ) -> Result<(), ExchangeError> {
         let mut body = std::pin::Pin::new(body);
@@ -179,8 +177,9 @@ impl MemberConn {
                     return Ok(head);
                 }
             }
+            // tokio's read drops the socket's readiness after a short read: the probe of
+            // is_reusable then costs no syscall.
             self.buf.reserve(READ_CHUNK);
-            let spare = self.buf.capacity() - self.buf.len();
             let n = self
                 .stream
                 .read_buf(&mut self.buf)
@@ -188,28 +187,6 @@ impl MemberConn {
                 .map_err(ExchangeError::Io)?;
             if n == 0 {
                 return Err(ExchangeError::Closed);
-            }
-            self.drained = n < spare;
-        }
-    }
-
-    /// Reads more of the response into `buf`; `Ok(0)` when the member closed the connection.
-    /// `want` bounds how much is asked for (what is left of a body of known length).
-    pub fn poll_fill(&mut self, cx: &mut Context<'_>, want: u64) -> Poll<io::Result<usize>> {
-        let want = (want.min(READ_CHUNK as u64) as usize).max(1);
-        if self.buf.capacity() - self.buf.len() < want {
-            self.buf.reserve(want);
-        }
-        loop {
-            ready!(self.stream.poll_read_ready(cx))?;
-            let spare = self.buf.capacity() - self.buf.len();
-            match self.stream.try_read_buf(&mut self.buf) {
-                Ok(n) => {
-                    self.drained = n < spare;
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
             }
         }
     }

@@ -125,18 +125,28 @@ pub fn parse_response_head(
         let base = buf.as_ptr() as usize;
         let mut fields = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
         let count = response.headers.len();
-        for (field, h) in fields.iter_mut().zip(response.headers.iter()) {
-            let name = h.name.as_ptr() as usize - base;
-            let value = h.value.as_ptr() as usize - base;
-            *field = (
-                name as u32,
-                (name + h.name.len()) as u32,
-                value as u32,
-                (value + h.value.len()) as u32,
-            );
-        }
+        field_offsets(base, response.headers, &mut fields);
         let head = buf.split_to(len).freeze();
         return build(head, &fields[..count], status, version, request_method).map(Some);
+    }
+}
+
+/// The (name start, name end, value start, value end) of each parsed field, as offsets from
+/// `base`, the start of the buffer the fields were parsed from.
+pub(crate) fn field_offsets(
+    base: usize,
+    parsed: &[httparse::Header<'_>],
+    out: &mut [(u32, u32, u32, u32)],
+) {
+    for (field, h) in out.iter_mut().zip(parsed) {
+        let name = h.name.as_ptr() as usize - base;
+        let value = h.value.as_ptr() as usize - base;
+        *field = (
+            name as u32,
+            (name + h.name.len()) as u32,
+            value as u32,
+            (value + h.value.len()) as u32,
+        );
     }
 }
 
@@ -246,7 +256,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name.as_str() == "proxy-connection"
 }
 
-fn parse_content_length(value: &[u8]) -> Result<u64, ProtocolError> {
+pub(crate) fn parse_content_length(value: &[u8]) -> Result<u64, ProtocolError> {
     // `Content-Length: 5, 5` is one length said twice (RFC 9110 §8.6).
     let mut found: Option<u64> = None;
     for part in value.split(|&b| b == b',') {
@@ -263,7 +273,7 @@ fn parse_content_length(value: &[u8]) -> Result<u64, ProtocolError> {
     found.ok_or(ProtocolError::ContentLength)
 }
 
-fn last_token(value: &[u8]) -> &[u8] {
+pub(crate) fn last_token(value: &[u8]) -> &[u8] {
     value
         .rsplit(|&b| b == b',')
         .next()
@@ -316,6 +326,16 @@ impl Chunked {
 
     /// Advances over `buf`, taking what it consumes. Returns data as soon as some is there.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Step, ProtocolError> {
+        self.decode_keeping_trailers(buf, None)
+    }
+
+    /// [`Chunked::decode`], and the trailer section (its lines and the empty line that ends
+    /// it, as sent) goes to `trailers` when there is one to keep it in.
+    pub fn decode_keeping_trailers(
+        &mut self,
+        buf: &mut BytesMut,
+        mut trailers: Option<&mut Vec<u8>>,
+    ) -> Result<Step, ProtocolError> {
         loop {
             if let Chunked::Data { left } = *self {
                 if buf.is_empty() {
@@ -339,6 +359,15 @@ impl Chunked {
                 return Ok(Step::More);
             };
             buf.advance(1);
+            if let (
+                Some(sink),
+                Chunked::TrailerStart | Chunked::Trailer | Chunked::TrailerLf { .. },
+            ) = (trailers.as_deref_mut(), *self)
+            {
+                if sink.len() < MAX_HEAD_BYTES {
+                    sink.push(byte);
+                }
+            }
             *self = self.next(byte)?;
         }
     }

@@ -1,17 +1,16 @@
-//! Accepting client connections, serving them with hyper, and draining them on shutdown.
+//! Accepting client connections, serving each in a task of its own ([`conn`], in HTTP/1.1 as
+//! [`h1`] parses and writes it), and draining them on shutdown.
 
-use std::convert::Infallible;
+pub mod conn;
+pub mod h1;
+
 use std::future::Future;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::proxy::headers::ClientConn;
@@ -34,17 +33,21 @@ pub async fn serve_proxy(
     proxy: Arc<Proxy>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let graceful = Arc::new(GracefulShutdown::new());
+    // `stop`: finish what is in flight, then close; `kill`: the grace period is over.
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (kill_tx, kill_rx) = watch::channel(false);
+    // Every connection holds a sender; recv() answers None once the last one has ended.
+    let (running_tx, mut running_rx) = mpsc::channel::<()>(1);
     let mut accepting = tokio::task::JoinSet::new();
     for listener in listeners {
-        accepting.spawn(accept_loop(
-            listener,
-            proxy.clone(),
-            graceful.clone(),
-            stop_rx.clone(),
-        ));
+        let signals = Signals {
+            stop: stop_rx.clone(),
+            kill: kill_rx.clone(),
+            running: running_tx.clone(),
+        };
+        accepting.spawn(accept_loop(listener, proxy.clone(), signals));
     }
+    drop(running_tx);
     shutdown.await;
     // Stop accepting: each accept loop ends and drops its listener.
     let _ = stop_tx.send(true);
@@ -54,24 +57,30 @@ pub async fn serve_proxy(
         ?grace,
         "shutting down: no new connections; draining requests in flight"
     );
-    // The accept loops are gone, so this is the last handle.
-    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| unreachable!("accept loops ended"));
-    match tokio::time::timeout(grace, graceful.shutdown()).await {
-        Ok(()) => tracing::info!("all connections drained"),
-        Err(_) => tracing::warn!(
-            ?grace,
-            "shutdown_grace elapsed with requests still in flight; closing them"
-        ),
+    match tokio::time::timeout(grace, running_rx.recv()).await {
+        Ok(_) => tracing::info!("all connections drained"),
+        Err(_) => {
+            tracing::warn!(
+                ?grace,
+                "shutdown_grace elapsed with requests still in flight; closing them"
+            );
+            let _ = kill_tx.send(true);
+            // They end at their next poll; a moment is plenty.
+            let _ = tokio::time::timeout(Duration::from_secs(1), running_rx.recv()).await;
+        }
     }
     Ok(())
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    proxy: Arc<Proxy>,
-    graceful: Arc<GracefulShutdown>,
-    mut stop: watch::Receiver<bool>,
-) {
+/// What each connection task is given to follow shutdown.
+struct Signals {
+    stop: watch::Receiver<bool>,
+    kill: watch::Receiver<bool>,
+    running: mpsc::Sender<()>,
+}
+
+async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, signals: Signals) {
+    let mut stop = signals.stop.clone();
     loop {
         let (stream, client) = tokio::select! {
             _ = stop.changed() => return,
@@ -92,28 +101,15 @@ async fn accept_loop(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "set_nodelay failed");
         }
-        let conn_info = Arc::new(ClientConn::new(
-            client,
-            local,
-            &proxy.settings.trusted_proxies,
+        let info = ClientConn::new(client, local, &proxy.settings.trusted_proxies);
+        tokio::spawn(conn::serve_client(
+            stream,
+            proxy.clone(),
+            info,
+            signals.stop.clone(),
+            signals.kill.clone(),
+            signals.running.clone(),
         ));
-        let service_proxy = proxy.clone();
-        let service = service_fn(move |request| {
-            let proxy = service_proxy.clone();
-            let conn_info = conn_info.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(request, &conn_info).await) }
-        });
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(proxy.settings.request_timeout)
-            .max_buf_size(proxy.settings.max_header_bytes.max(8192))
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%client, error = %e, "client connection ended with an error");
-            }
-        });
     }
 }
 

@@ -1,0 +1,353 @@
+//! One client connection: read a request head, let the proxy answer it, write the response,
+//! and again while the client keeps the connection alive. All in the connection's one task.
+//!
+//! Between requests the connection holds no buffer (it is allocated when bytes arrive), so an
+//! idle keep-alive connection costs little more than its task and socket.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::{Method, Response, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{timeout_at, Duration, Instant};
+
+use super::h1::{self, HeadError, RequestFraming, RequestHead, ResponseFraming};
+use crate::proxy::body::{
+    poll_fill, try_fill, write_all_slices, BodyError, ClientBodyError, ReadBuffered, Remaining,
+    ResponseBody,
+};
+use crate::proxy::error::ProxyError;
+use crate::proxy::headers::ClientConn;
+use crate::proxy::Proxy;
+use crate::upstream::h1::Chunked;
+
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+/// Bytes read from a client at a time.
+const READ_CHUNK: usize = 8 * 1024;
+/// A connection closed with request bytes unread is drained this long, this much, at most.
+const LINGER: Duration = Duration::from_millis(500);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// The client's socket and what was read from it and not consumed yet.
+pub struct ClientStream {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl ReadBuffered for ClientStream {
+    fn buf(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: u64) -> Poll<io::Result<usize>> {
+        poll_fill(&self.stream, &mut self.buf, cx, want, READ_CHUNK)
+    }
+}
+
+impl ClientStream {
+    /// Waits for bytes; the buffer is allocated only once some have arrived.
+    async fn fill(&mut self) -> io::Result<usize> {
+        loop {
+            self.stream.readable().await?;
+            match try_fill(&self.stream, &mut self.buf, READ_CHUNK) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return result,
+            }
+        }
+    }
+}
+
+/// The connection as the request pipeline sees it: the stream and where the body stands.
+pub struct ClientIo {
+    conn: ClientStream,
+    body: Remaining,
+    /// `Expect: 100-continue`: bytes of the go-ahead still to send before the body is read.
+    continue_left: usize,
+    /// The trailer section of a chunked body, as read.
+    trailers: Vec<u8>,
+}
+
+/// The request body, read from the client connection as the pipeline asks for it.
+pub struct ClientBody<'a> {
+    io: &'a mut ClientIo,
+}
+
+impl Body for ClientBody<'_> {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        let io = &mut *self.get_mut().io;
+        while io.continue_left > 0 {
+            let sent = CONTINUE.len() - io.continue_left;
+            match Pin::new(&mut io.conn.stream).poll_write(cx, &CONTINUE[sent..]) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(n)) if n > 0 => io.continue_left -= n,
+                Poll::Ready(Ok(_)) => {
+                    let e = io::Error::from(io::ErrorKind::WriteZero);
+                    return Poll::Ready(Some(Err(ClientBodyError::Aborted(BodyError::Io(e)))));
+                }
+                Poll::Ready(Err(e)) => {
+                    return Poll::Ready(Some(Err(ClientBodyError::Aborted(BodyError::Io(e)))))
+                }
+            }
+        }
+        let next =
+            ready!(io
+                .body
+                .poll_next_keeping_trailers(&mut io.conn, cx, Some(&mut io.trailers)));
+        Poll::Ready(match next {
+            Some(data) => Some(data.map(Frame::data).map_err(ClientBodyError::Aborted)),
+            // A chunked body's trailer fields follow its data (streamed bodies pass them on).
+            None if !io.trailers.is_empty() => {
+                let section = std::mem::take(&mut io.trailers);
+                h1::parse_trailers(&section).map(|fields| Ok(Frame::trailers(fields)))
+            }
+            None => None,
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.io.body.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.io.body.size_hint()
+    }
+}
+
+/// Serves one client connection until it closes, the client or a framing rule ends it, or
+/// shutdown: `stop` ends it once it is idle, `kill` (the grace period is over) at once.
+/// `_running` is dropped when the connection ends (shutdown waits for all of them).
+pub async fn serve_client(
+    stream: TcpStream,
+    proxy: Arc<Proxy>,
+    info: ClientConn,
+    mut stop: watch::Receiver<bool>,
+    mut kill: watch::Receiver<bool>,
+    _running: mpsc::Sender<()>,
+) {
+    let mut io = ClientIo {
+        conn: ClientStream {
+            stream,
+            buf: BytesMut::new(),
+        },
+        body: Remaining::Done,
+        continue_left: 0,
+        trailers: Vec::new(),
+    };
+    loop {
+        let head = match read_head(&mut io.conn, &proxy, &mut stop).await {
+            Ok(Some(head)) => head,
+            Ok(None) => return,
+            Err(e) => {
+                let error = match e {
+                    HeadError::TooLarge => ProxyError::HeadersTooLarge,
+                    HeadError::Bad(why) => {
+                        tracing::debug!(client = %info.client, why, "malformed request");
+                        ProxyError::MalformedRequest
+                    }
+                };
+                let response = error.respond(true);
+                match write_response(&mut io.conn, response, false, Version::HTTP_11, false).await {
+                    Ok(_) => linger_close(io.conn.stream).await,
+                    Err(e) => {
+                        tracing::debug!(client = %info.client, error = %e, "writing the error response failed")
+                    }
+                }
+                return;
+            }
+        };
+        let RequestHead {
+            request,
+            framing,
+            keep_alive,
+            expect_continue,
+        } = head;
+        let head_only = request.method() == Method::HEAD;
+        let version = request.version();
+        io.body = match framing {
+            RequestFraming::Empty => Remaining::Done,
+            RequestFraming::Length(n) => Remaining::Length(n),
+            RequestFraming::Chunked => Remaining::Chunked(Chunked::new()),
+        };
+        io.continue_left = if expect_continue && !io.body.is_done() {
+            CONTINUE.len()
+        } else {
+            0
+        };
+        let served = async {
+            let response = proxy
+                .handle(request, ClientBody { io: &mut io }, &info)
+                .await;
+            // A body not read to its end leaves no way to find the next request.
+            let keep_alive = keep_alive && io.body.is_done() && !*stop.borrow();
+            let clean = write_response(&mut io.conn, response, head_only, version, keep_alive)
+                .await
+                .unwrap_or(false);
+            clean && keep_alive
+        };
+        let keep = tokio::select! {
+            biased;
+            keep = served => keep,
+            _ = kill.changed() => false,
+        };
+        if !keep {
+            if !io.body.is_done() && !*kill.borrow() {
+                linger_close(io.conn.stream).await;
+            }
+            return;
+        }
+        if io.conn.buf.is_empty() {
+            // Idle until the next request: the buffer goes (it is made again when bytes come).
+            io.conn.buf = BytesMut::new();
+        }
+    }
+}
+
+/// Reads the next request head, within `request_timeout`. `Ok(None)`: the client closed the
+/// connection, said nothing in time, or the proxy is stopping and the connection is idle.
+async fn read_head(
+    conn: &mut ClientStream,
+    proxy: &Proxy,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Option<RequestHead>, HeadError> {
+    let deadline = Instant::now() + proxy.settings.request_timeout;
+    loop {
+        if !conn.buf.is_empty() {
+            if let Some(head) =
+                h1::parse_request_head(&mut conn.buf, proxy.settings.max_header_bytes)?
+            {
+                return Ok(Some(head));
+            }
+        }
+        let idle = conn.buf.is_empty();
+        if idle && *stop.borrow() {
+            return Ok(None);
+        }
+        tokio::select! {
+            biased;
+            read = conn.fill() => match read {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) => {}
+            },
+            _ = stop.changed(), if idle => return Ok(None),
+            _ = tokio::time::sleep_until(deadline) => return Ok(None),
+        }
+    }
+}
+
+/// Writes a response; `Ok(true)` when it went out whole and the connection may carry more.
+async fn write_response(
+    conn: &mut ClientStream,
+    response: Response<ResponseBody>,
+    head_only: bool,
+    client: Version,
+    keep_alive: bool,
+) -> io::Result<bool> {
+    let (parts, mut body) = response.into_parts();
+    let mut head = Vec::with_capacity(512);
+    let framing = h1::encode_response_head(
+        &mut head,
+        parts.status,
+        &parts.headers,
+        body.size_hint().exact(),
+        head_only,
+        client,
+        keep_alive,
+    );
+    // The header values are slices of the member's read buffer: let it go before the body.
+    drop(parts);
+    if framing == ResponseFraming::None {
+        write_all_slices(&conn.stream, &mut [IoSlice::new(&head)]).await?;
+        // Nothing of the body belongs on the wire; a member body left unread only closes its
+        // member connection (the lease is dropped with it).
+        return Ok(true);
+    }
+    let chunked = framing == ResponseFraming::Chunked;
+    let mut pending: &[u8] = &head;
+    let mut size_line = Vec::new();
+    loop {
+        // The first piece of body goes out with the head when it is already there.
+        let frame = if pending.is_empty() {
+            std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        } else {
+            match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    write_all_slices(&conn.stream, &mut [IoSlice::new(pending)]).await?;
+                    pending = &[];
+                    continue;
+                }
+            }
+        };
+        match frame {
+            None => {
+                let end: &[u8] = if chunked { b"0\r\n\r\n" } else { b"" };
+                write_all_slices(
+                    &conn.stream,
+                    &mut [IoSlice::new(pending), IoSlice::new(end)],
+                )
+                .await?;
+                return Ok(framing != ResponseFraming::Close);
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "member response failed mid-body; aborting the client's");
+                return Ok(false);
+            }
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    continue; // response trailers are not passed on
+                };
+                if data.is_empty() {
+                    continue;
+                }
+                if chunked {
+                    size_line.clear();
+                    size_line.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    let mut slices = [
+                        IoSlice::new(pending),
+                        IoSlice::new(&size_line),
+                        IoSlice::new(&data),
+                        IoSlice::new(b"\r\n"),
+                    ];
+                    write_all_slices(&conn.stream, &mut slices).await?;
+                } else {
+                    write_all_slices(
+                        &conn.stream,
+                        &mut [IoSlice::new(pending), IoSlice::new(&data)],
+                    )
+                    .await?;
+                }
+                pending = &[];
+            }
+        }
+    }
+}
+
+/// Closes a connection that has request bytes still unread: FIN first, then what the client
+/// still sends is read and dropped for a moment, so the kernel does not answer it with a reset
+/// that could destroy the response in flight (nginx's lingering close).
+async fn linger_close(mut stream: TcpStream) {
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER;
+    let mut sink = vec![0u8; 16 * 1024];
+    let mut drained = 0;
+    while drained < LINGER_BYTES {
+        match timeout_at(deadline, stream.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => return,
+        }
+    }
+}
