@@ -93,9 +93,7 @@ impl Proxy {
             })
             .flatten();
         let has_body = !body.is_end_stream();
-        // Boxed: a connection task is as large as its largest state, idle or not, so the large
-        // pipeline state lives in a box of its own only while a request is in flight.
-        let forwarded = Box::pin(self.forward(request, body, conn, start, &mut outcome)).await;
+        let forwarded = self.forward(request, body, conn, start, &mut outcome).await;
         let response = match forwarded {
             Ok(response) => response,
             Err((error, body_read)) => error.respond(has_body && !body_read),

@@ -4,6 +4,7 @@
 //! Between requests the connection holds no buffer (it is allocated when bytes arrive), so an
 //! idle keep-alive connection costs little more than its task and socket.
 
+use std::cell::RefCell;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -33,6 +34,31 @@ const READ_CHUNK: usize = 8 * 1024;
 /// A connection closed with request bytes unread is drained this long, this much, at most.
 const LINGER: Duration = Duration::from_millis(500);
 const LINGER_BYTES: usize = 1 << 20;
+/// Read buffers kept for reuse by each runtime thread (see [`take_buffer`]).
+const SPARE_BUFFERS: usize = 64;
+
+thread_local! {
+    static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A read buffer for a connection that has bytes to read. An idle connection holds none, and
+/// a busy one should not pay malloc and free for 8 KiB on every request: buffers go back to a
+/// small per-thread list between requests (memory bounded per thread, not per connection).
+fn take_buffer() -> BytesMut {
+    SPARE
+        .with_borrow_mut(|spare| spare.pop())
+        .unwrap_or_default()
+}
+
+fn give_back(buf: BytesMut) {
+    if buf.capacity() >= READ_CHUNK / 2 && buf.capacity() <= 8 * READ_CHUNK {
+        SPARE.with_borrow_mut(|spare| {
+            if spare.len() < SPARE_BUFFERS {
+                spare.push(buf);
+            }
+        });
+    }
+}
 
 /// The client's socket and what was read from it and not consumed yet.
 pub struct ClientStream {
@@ -55,6 +81,9 @@ impl ClientStream {
     async fn fill(&mut self) -> io::Result<usize> {
         loop {
             self.stream.readable().await?;
+            if self.buf.capacity() == 0 {
+                self.buf = take_buffer();
+            }
             match try_fill(&self.stream, &mut self.buf, READ_CHUNK) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 result => return result,
@@ -208,8 +237,8 @@ pub async fn serve_client(
             return;
         }
         if io.conn.buf.is_empty() {
-            // Idle until the next request: the buffer goes (it is made again when bytes come).
-            io.conn.buf = BytesMut::new();
+            // Idle until the next request: the buffer goes back until bytes come.
+            give_back(std::mem::take(&mut io.conn.buf));
         }
     }
 }

@@ -14,8 +14,11 @@ use tokio::net::TcpStream;
 use super::h1::{self, ProtocolError, ResponseHead};
 use crate::proxy::body::{poll_fill, ClientBodyError, ReadBuffered, RequestBody};
 
-/// Bytes read from a member at a time (response heads and bodies).
+/// Bytes read from a member at a time to begin with (response heads, small bodies)...
 const READ_CHUNK: usize = 16 * 1024;
+/// ...and at most, doubling while reads fill the buffer (a large body): fewer syscalls per
+/// byte, for at most this much held per response in flight.
+const MAX_READ_CHUNK: usize = 256 * 1024;
 /// A pooled connection keeps a read buffer at most this large.
 const IDLE_BUFFER: usize = 16 * 1024;
 
@@ -44,6 +47,8 @@ pub struct MemberConn {
     head: Vec<u8>,
     /// The member lets this connection carry another request once the response has ended.
     pub(crate) keep_alive: bool,
+    /// How much to read at a time now.
+    read_chunk: usize,
 }
 
 impl ReadBuffered for MemberConn {
@@ -52,7 +57,13 @@ impl ReadBuffered for MemberConn {
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>, want: u64) -> Poll<io::Result<usize>> {
-        poll_fill(&self.stream, &mut self.buf, cx, want, READ_CHUNK)
+        let read = poll_fill(&self.stream, &mut self.buf, cx, want, self.read_chunk);
+        if let Poll::Ready(Ok(n)) = read {
+            if n > 0 && self.buf.len() == self.buf.capacity() {
+                self.read_chunk = (self.read_chunk * 2).min(MAX_READ_CHUNK);
+            }
+        }
+        read
     }
 }
 
@@ -63,6 +74,7 @@ impl MemberConn {
             buf: BytesMut::new(),
             head: Vec::with_capacity(1024),
             keep_alive: true,
+            read_chunk: READ_CHUNK,
         }
     }
 
@@ -78,6 +90,7 @@ impl MemberConn {
 
     /// Gets a connection whose response has ended ready for the idle list.
     pub fn settle(&mut self) {
+        self.read_chunk = READ_CHUNK;
         if self.buf.capacity() > IDLE_BUFFER {
             self.buf = BytesMut::new();
         }
