@@ -79,6 +79,10 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+        if let Ok(date) = HeaderValue::from_str(&date) {
+            headers.insert(header::DATE, date);
+        }
         if close {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

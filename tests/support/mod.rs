@@ -1202,6 +1202,10 @@ pub fn assert_plain_error(reply: &Reply, status: u16) {
         "a {status} carries a short body, got {} bytes",
         reply.body.len()
     );
+    assert!(
+        reply.header("date").is_some_and(|d| d.ends_with(" GMT")),
+        "a {status} made by the proxy carries a Date"
+    );
 }
 
 /// Waits until `addr` accepts a TCP connection (at most `limit`).
