@@ -356,54 +356,32 @@ mod tests {
     fn response_heads_say_how_the_body_is_framed() {
         let mut headers = HeaderMap::new();
         headers.insert("x-member", HeaderValue::from_static("c1"));
-        let mut out = Vec::new();
-        let f = encode_response_head(
-            &mut out,
-            StatusCode::OK,
-            &headers,
-            Some(2),
-            false,
-            Version::HTTP_11,
-            true,
-        );
+        let head = |length, head_only, client| {
+            let mut out = Vec::new();
+            let framing = encode_response_head(
+                &mut out,
+                StatusCode::OK,
+                &headers,
+                length,
+                head_only,
+                client,
+                true,
+            );
+            (framing, out)
+        };
+        let (f, out) = head(Some(2), false, Version::HTTP_11);
         assert_eq!(f, ResponseFraming::Length);
         assert_eq!(
             out,
             b"HTTP/1.1 200 OK\r\nx-member: c1\r\ncontent-length: 2\r\n\r\n".to_vec()
         );
-        out.clear();
-        let f = encode_response_head(
-            &mut out,
-            StatusCode::OK,
-            &headers,
-            None,
-            false,
-            Version::HTTP_11,
-            true,
+        assert_eq!(
+            head(None, false, Version::HTTP_11).0,
+            ResponseFraming::Chunked
         );
-        assert_eq!(f, ResponseFraming::Chunked);
-        out.clear();
-        let f = encode_response_head(
-            &mut out,
-            StatusCode::OK,
-            &headers,
-            None,
-            false,
-            Version::HTTP_10,
-            true,
-        );
+        let (f, out) = head(None, false, Version::HTTP_10);
         assert_eq!(f, ResponseFraming::Close);
         assert!(out.ends_with(b"connection: close\r\n\r\n"));
-        out.clear();
-        let f = encode_response_head(
-            &mut out,
-            StatusCode::OK,
-            &headers,
-            None,
-            true,
-            Version::HTTP_11,
-            true,
-        );
-        assert_eq!(f, ResponseFraming::None);
+        assert_eq!(head(None, true, Version::HTTP_11).0, ResponseFraming::None);
     }
 }
