@@ -95,21 +95,49 @@ pub fn poll_fill(
 }
 
 /// Writes every slice whole, in as few syscalls as the socket allows.
-pub async fn write_all_slices(
+pub async fn write_all_slices(stream: &TcpStream, slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    write_all_counted(stream, slices, &mut 0).await
+}
+
+/// [`write_all_slices`]; `written` counts what went out, so a failure can tell "nothing sent"
+/// from "partly sent".
+pub async fn write_all_counted(
     stream: &TcpStream,
     mut slices: &mut [IoSlice<'_>],
+    written: &mut usize,
 ) -> io::Result<()> {
     IoSlice::advance_slices(&mut slices, 0);
     while !slices.is_empty() {
         stream.writable().await?;
         match stream.try_write_vectored(slices) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Ok(n) => {
+                *written += n;
+                IoSlice::advance_slices(&mut slices, n)
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+/// The size line of one chunk of a chunked body (`1a2b\r\n`), made without `fmt`; the chunk's
+/// data and its closing `\r\n` follow it.
+pub fn chunk_size_line(len: usize, out: &mut [u8; 18]) -> &[u8] {
+    let mut i = 16;
+    let mut n = len;
+    loop {
+        i -= 1;
+        out[i] = b"0123456789abcdef"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out[16] = b'\r';
+    out[17] = b'\n';
+    &out[i..]
 }
 
 /// Where a body read off a connection stands: a member's response, a client's request.
@@ -483,6 +511,23 @@ impl Body for ResponseBody {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             ResponseBody::Member { remaining, .. } => remaining.size_hint(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk_size_line;
+
+    #[test]
+    fn chunk_size_lines_are_hex() {
+        for (len, line) in [
+            (0, "0\r\n"),
+            (10, "a\r\n"),
+            (4096, "1000\r\n"),
+            (usize::MAX, "ffffffffffffffff\r\n"),
+        ] {
+            assert_eq!(chunk_size_line(len, &mut [0; 18]), line.as_bytes());
         }
     }
 }

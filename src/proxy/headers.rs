@@ -11,7 +11,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use crate::config::IpNet;
 
 const HOP_COUNT: usize = 7;
-const HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
+/// The hop-by-hop headers of RFC 9110 §7.6.1 (and `Proxy-Connection`), removed both ways.
+pub(crate) const HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),

@@ -20,8 +20,8 @@ use tokio::time::{timeout_at, Duration, Instant};
 
 use super::h1::{self, HeadError, RequestFraming, RequestHead, ResponseFraming};
 use crate::proxy::body::{
-    poll_fill, try_fill, write_all_slices, BodyError, ClientBodyError, ReadBuffered, Remaining,
-    ResponseBody,
+    chunk_size_line, poll_fill, try_fill, write_all_slices, BodyError, ClientBodyError,
+    ReadBuffered, Remaining, ResponseBody,
 };
 use crate::proxy::error::ProxyError;
 use crate::proxy::headers::ClientConn;
@@ -304,7 +304,6 @@ async fn write_response(
     }
     let chunked = framing == ResponseFraming::Chunked;
     let mut pending: &[u8] = &head;
-    let mut size_line = Vec::new();
     loop {
         // The first piece of body goes out with the head when it is already there.
         let frame = if pending.is_empty() {
@@ -341,11 +340,10 @@ async fn write_response(
                     continue;
                 }
                 if chunked {
-                    size_line.clear();
-                    size_line.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    let mut size = [0; 18];
                     let mut slices = [
                         IoSlice::new(pending),
-                        IoSlice::new(&size_line),
+                        IoSlice::new(chunk_size_line(data.len(), &mut size)),
                         IoSlice::new(&data),
                         IoSlice::new(b"\r\n"),
                     ];

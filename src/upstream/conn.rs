@@ -12,7 +12,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::h1::{self, ProtocolError, ResponseHead};
-use crate::proxy::body::{poll_fill, ClientBodyError, ReadBuffered, RequestBody};
+use crate::proxy::body::{
+    chunk_size_line, poll_fill, write_all_counted, write_all_slices, ClientBodyError, ReadBuffered,
+    RequestBody,
+};
 
 /// Bytes read from a member at a time to begin with (response heads, small bodies)...
 const READ_CHUNK: usize = 16 * 1024;
@@ -115,7 +118,8 @@ impl MemberConn {
             _ => Bytes::new(),
         };
         let mut written = 0;
-        write_all(&mut self.stream, &self.head, &data, &mut written)
+        let mut slices = [IoSlice::new(&self.head), IoSlice::new(&data)];
+        write_all_counted(&self.stream, &mut slices, &mut written)
             .await
             .map_err(|e| {
                 if written == 0 {
@@ -150,20 +154,18 @@ impl MemberConn {
             if data.is_empty() {
                 continue;
             }
-            let mut n = 0;
-            if chunked {
-                let size = format!("{:x}\r\n", data.len());
-                write_all(&mut self.stream, size.as_bytes(), &data, &mut n).await
+            let mut size = [0; 18];
+            let result = if chunked {
+                let mut slices = [
+                    IoSlice::new(chunk_size_line(data.len(), &mut size)),
+                    IoSlice::new(&data),
+                    IoSlice::new(b"\r\n"),
+                ];
+                write_all_slices(&self.stream, &mut slices).await
             } else {
-                write_all(&mut self.stream, &data, &[], &mut n).await
-            }
-            .map_err(ExchangeError::Io)?;
-            if chunked {
-                self.stream
-                    .write_all(b"\r\n")
-                    .await
-                    .map_err(ExchangeError::Io)?;
-            }
+                write_all_slices(&self.stream, &mut [IoSlice::new(&data)]).await
+            };
+            result.map_err(ExchangeError::Io)?;
         }
         if chunked {
             let mut last = b"0\r\n".to_vec();
@@ -203,28 +205,4 @@ impl MemberConn {
             }
         }
     }
-}
-
-/// Writes `a` then `b` whole, in as few syscalls as the socket allows; `written` counts what
-/// went out, so a failure can tell "nothing sent" from "partly sent".
-async fn write_all(
-    stream: &mut TcpStream,
-    a: &[u8],
-    b: &[u8],
-    written: &mut usize,
-) -> io::Result<()> {
-    let total = a.len() + b.len();
-    while *written < total {
-        let n = if *written < a.len() {
-            let slices = [IoSlice::new(&a[*written..]), IoSlice::new(b)];
-            stream.write_vectored(&slices).await?
-        } else {
-            stream.write(&b[*written - a.len()..]).await?
-        };
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        *written += n;
-    }
-    Ok(())
 }

@@ -250,10 +250,7 @@ fn build(
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    // Connection and Transfer-Encoding are dealt with by the caller.
-    matches!(*name, header::TE | header::TRAILER | header::UPGRADE)
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
+    crate::proxy::headers::HOP_BY_HOP.contains(name)
 }
 
 pub(crate) fn parse_content_length(value: &[u8]) -> Result<u64, ProtocolError> {
