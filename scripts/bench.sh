@@ -124,7 +124,10 @@ if [ $((2 * (idle + 200) + 500)) -gt "$nofile" ]; then
   idle=$((idle / 100 * 100))
   log "warning: open-file limit $nofile (HAProxy needs 2 per connection): holding $idle idle connections"
 fi
-maxconn=$((idle + 200))
+# The load runs need room of their own (clients, member pools, connections closing), even with
+# --idle 0: at worker_connections nginx answers errors, and HAProxy slows down at maxconn.
+maxconn=$((idle + 200 > 2000 ? idle + 200 : 2000))
+[ $((2 * maxconn + 500)) -le "$nofile" ] || die "open-file limit $nofile is too low for the load runs"
 
 work=$(mktemp -d /tmp/tether-bench.XXXXXX)
 chmod 755 "$work" # nginx workers may run as another user

@@ -252,10 +252,10 @@ impl Proxy {
                             target: target.clone(),
                             in_flight,
                         },
+                        head.headers,
                     ));
                     *response.status_mut() = head.status;
                     *response.version_mut() = head.version;
-                    *response.headers_mut() = head.headers;
                     return Ok(response);
                 }
                 Ok(Err(ExchangeError::NotSent(error))) => {

@@ -289,13 +289,12 @@ async fn write_response(
         &mut head,
         parts.status,
         &parts.headers,
+        body.take_header_lines(),
         body.size_hint().exact(),
         head_only,
         client,
         keep_alive,
     );
-    // The header values are slices of the member's read buffer: let it go before the body.
-    drop(parts);
     if framing == ResponseFraming::None {
         write_all_slices(&conn.stream, &mut [IoSlice::new(&head)]).await?;
         // Nothing of the body belongs on the wire; a member body left unread only closes its

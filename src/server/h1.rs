@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 
-use crate::upstream::h1::{last_token, parse_content_length};
+use crate::upstream::h1::{last_token, parse_content_length, HeaderLines};
 
 /// As hyper's server: a request with more header fields than this is refused (431).
 const MAX_HEADERS: usize = 100;
@@ -203,12 +203,15 @@ pub enum ResponseFraming {
     Close,
 }
 
-/// Writes the status line and headers of a response. `length` is the body's length when known;
-/// a `Content-Length` is added when the headers lack one.
+/// Writes the status line and headers of a response: the proxy's own `headers`, then the
+/// member's `lines` as it sent them (dropped here: they hold the member's head). `length` is the
+/// body's length when known; a `Content-Length` is added when neither has one.
+#[allow(clippy::too_many_arguments)]
 pub fn encode_response_head(
     out: &mut Vec<u8>,
     status: StatusCode,
     headers: &HeaderMap,
+    lines: HeaderLines,
     length: Option<u64>,
     head_only: bool,
     client: Version,
@@ -225,11 +228,13 @@ pub fn encode_response_head(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    lines.write_to(out);
+    let has_length = lines.has_content_length() || headers.contains_key(header::CONTENT_LENGTH);
+    drop(lines);
     let no_body = head_only
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
         || status.is_informational();
-    let has_length = headers.contains_key(header::CONTENT_LENGTH);
     let framing = match length {
         _ if has_length => ResponseFraming::Length,
         Some(n) if !(status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED) => {
@@ -362,6 +367,7 @@ mod tests {
                 &mut out,
                 StatusCode::OK,
                 &headers,
+                HeaderLines::none(),
                 length,
                 head_only,
                 client,

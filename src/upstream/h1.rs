@@ -8,13 +8,15 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::HeaderMap;
 use http::{Method, StatusCode, Version};
 
 /// A response head larger than this is refused (the member is broken).
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// As hyper's client: more header fields than this are refused.
+/// As hyper's client: more header fields than this are refused. At most 128: the fields left
+/// out are marked in a `u128`.
 const MAX_HEADERS: usize = 100;
+const _: () = assert!(MAX_HEADERS <= 128);
 
 /// What is wrong with what a member sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -72,7 +74,7 @@ pub struct ResponseHead {
     pub status: StatusCode,
     pub version: Version,
     /// Without the hop-by-hop headers.
-    pub headers: HeaderMap,
+    pub headers: HeaderLines,
     pub framing: Framing,
     /// The member lets the connection carry another request.
     pub keep_alive: bool,
@@ -157,33 +159,36 @@ fn build(
     version: Version,
     request_method: &Method,
 ) -> Result<ResponseHead, ProtocolError> {
-    let mut headers = HeaderMap::with_capacity(fields.len());
+    // Bit i set: field i does not go on to the client.
+    let mut dropped: u128 = 0;
     let mut content_length: Option<u64> = None;
+    let mut length_field: u128 = 0;
     let mut chunked = false;
     let mut transfer_encoding = false;
     let mut close = false;
     let mut keep_alive_token = false;
     let mut connection_names = false;
-    for &(ns, ne, vs, ve) in fields {
+    for (i, &(ns, ne, vs, ve)) in fields.iter().enumerate() {
         let name = &head[ns as usize..ne as usize];
-        let name = HeaderName::from_bytes(name).map_err(|_| ProtocolError::Head("header name"))?;
-        let value_bytes = &head[vs as usize..ve as usize];
-        match name {
-            header::CONTENT_LENGTH => {
-                let n = parse_content_length(value_bytes)?;
+        let value = &head[vs as usize..ve as usize];
+        let bit = 1u128 << i;
+        match classify(name) {
+            Field::ContentLength => {
+                let n = parse_content_length(value)?;
                 if content_length.is_some_and(|old| old != n) {
                     return Err(ProtocolError::ContentLength);
                 }
                 content_length = Some(n);
+                length_field |= bit;
             }
-            header::TRANSFER_ENCODING => {
+            Field::TransferEncoding => {
                 transfer_encoding = true;
                 // Only the last coding decides (RFC 9112 §6.3).
-                chunked = last_token(value_bytes).eq_ignore_ascii_case(b"chunked");
-                continue;
+                chunked = last_token(value).eq_ignore_ascii_case(b"chunked");
+                dropped |= bit;
             }
-            header::CONNECTION => {
-                for token in value_bytes.split(|&b| b == b',') {
+            Field::Connection => {
+                for token in value.split(|&b| b == b',') {
                     let token = token.trim_ascii();
                     if token.eq_ignore_ascii_case(b"close") {
                         close = true;
@@ -193,31 +198,31 @@ fn build(
                         connection_names = true;
                     }
                 }
-                continue;
+                dropped |= bit;
             }
-            _ if is_hop_by_hop(&name) => continue,
-            _ => {}
+            Field::HopByHop => dropped |= bit,
+            Field::Other => {}
         }
-        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
-            .map_err(|_| ProtocolError::Head("header value"))?;
-        headers.append(name, value);
     }
     if connection_names {
         // Rare: the member named headers of its own in Connection; they go too.
         for &(ns, ne, vs, ve) in fields {
-            if !head[ns as usize..ne as usize].eq_ignore_ascii_case(b"connection") {
+            if classify(&head[ns as usize..ne as usize]) != Field::Connection {
                 continue;
             }
             for token in head[vs as usize..ve as usize].split(|&b| b == b',') {
-                if let Ok(name) = HeaderName::from_bytes(token.trim_ascii()) {
-                    headers.remove(name);
+                let token = token.trim_ascii();
+                for (i, &(ns, ne, ..)) in fields.iter().enumerate() {
+                    if head[ns as usize..ne as usize].eq_ignore_ascii_case(token) {
+                        dropped |= 1 << i;
+                    }
                 }
             }
         }
     }
     if transfer_encoding {
         // A message with both is framed by Transfer-Encoding; its Content-Length is wrong.
-        headers.remove(header::CONTENT_LENGTH);
+        dropped |= length_field;
     }
 
     let no_body = request_method == Method::HEAD
@@ -240,17 +245,133 @@ fn build(
     };
     let keep_alive =
         !close && framing != Framing::Close && (version == Version::HTTP_11 || keep_alive_token);
+    let has_length = length_field & !dropped != 0;
     Ok(ResponseHead {
         status,
         version,
-        headers,
+        headers: HeaderLines::new(head, fields, dropped, has_length),
         framing,
         keep_alive,
     })
 }
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    crate::proxy::headers::HOP_BY_HOP.contains(name)
+/// What a response header field means to the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    /// The other hop-by-hop fields ([`crate::proxy::headers::HOP_BY_HOP`]).
+    HopByHop,
+    Other,
+}
+
+fn classify(name: &[u8]) -> Field {
+    // By length first: most names are compared with nothing.
+    let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+    match name.len() {
+        14 if is(b"content-length") => Field::ContentLength,
+        17 if is(b"transfer-encoding") => Field::TransferEncoding,
+        10 if is(b"connection") => Field::Connection,
+        10 if is(b"keep-alive") => Field::HopByHop,
+        16 if is(b"proxy-connection") => Field::HopByHop,
+        2 if is(b"te") => Field::HopByHop,
+        7 if is(b"trailer") || is(b"upgrade") => Field::HopByHop,
+        _ => Field::Other,
+    }
+}
+
+/// How many runs of consecutive passed lines a head keeps as ranges before the rest is copied.
+const RANGES: usize = 6;
+
+/// The member's header lines that go on to the client, as the member sent them: runs of lines
+/// of the head (most heads need one to three), so nothing is parsed into a map only to be
+/// written out again.
+pub struct HeaderLines {
+    head: Bytes,
+    ranges: [(u32, u32); RANGES],
+    count: usize,
+    /// The lines after the ranges ran out or after a line that did not end in CRLF, written
+    /// anew as `name: value\r\n`.
+    rest: Vec<u8>,
+    content_length: bool,
+}
+
+impl HeaderLines {
+    fn new(
+        head: Bytes,
+        fields: &[(u32, u32, u32, u32)],
+        dropped: u128,
+        content_length: bool,
+    ) -> HeaderLines {
+        let mut lines = HeaderLines {
+            head,
+            ranges: [(0, 0); RANGES],
+            count: 0,
+            rest: Vec::new(),
+            content_length,
+        };
+        let head = &lines.head[..];
+        let mut spilled = false;
+        for (i, &(ns, ne, vs, ve)) in fields.iter().enumerate() {
+            if dropped & (1 << i) != 0 {
+                continue;
+            }
+            // httparse leaves trailing blanks out of the value; the line ends after them.
+            let mut end = ve as usize;
+            while matches!(head.get(end), Some(b' ' | b'\t')) {
+                end += 1;
+            }
+            let crlf = head.get(end..end + 2) == Some(b"\r\n");
+            if !spilled && crlf {
+                let line = (ns, end as u32 + 2);
+                if lines.count > 0 && lines.ranges[lines.count - 1].1 == ns {
+                    lines.ranges[lines.count - 1].1 = line.1;
+                    continue;
+                }
+                if lines.count < RANGES {
+                    lines.ranges[lines.count] = line;
+                    lines.count += 1;
+                    continue;
+                }
+            }
+            // From here on every line is copied, so the fields keep their order.
+            spilled = true;
+            lines
+                .rest
+                .extend_from_slice(&head[ns as usize..ne as usize]);
+            lines.rest.extend_from_slice(b": ");
+            lines
+                .rest
+                .extend_from_slice(&head[vs as usize..ve as usize]);
+            lines.rest.extend_from_slice(b"\r\n");
+        }
+        lines
+    }
+
+    /// No lines at all (a response made by the proxy).
+    pub fn none() -> HeaderLines {
+        HeaderLines {
+            head: Bytes::new(),
+            ranges: [(0, 0); RANGES],
+            count: 0,
+            rest: Vec::new(),
+            content_length: false,
+        }
+    }
+
+    /// Appends the lines, each ending in CRLF.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        for &(start, end) in &self.ranges[..self.count] {
+            out.extend_from_slice(&self.head[start as usize..end as usize]);
+        }
+        out.extend_from_slice(&self.rest);
+    }
+
+    /// A `Content-Length` is among the lines.
+    pub fn has_content_length(&self) -> bool {
+        self.content_length
+    }
 }
 
 pub(crate) fn parse_content_length(value: &[u8]) -> Result<u64, ProtocolError> {
@@ -434,6 +555,7 @@ impl Default for Chunked {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::{self, HeaderValue};
 
     fn parse(
         text: &[u8],
@@ -473,10 +595,61 @@ mod tests {
         assert_eq!(head.status, StatusCode::OK);
         assert_eq!(head.framing, Framing::Length(5));
         assert!(head.keep_alive);
-        assert_eq!(head.headers.len(), 2, "{:?}", head.headers);
-        assert_eq!(head.headers["x-member"], "c1");
-        assert_eq!(head.headers["content-length"], "5");
+        assert_eq!(lines(&head), "Content-Length: 5\r\nX-Member: c1\r\n");
+        assert!(head.headers.has_content_length());
         assert_eq!(&rest[..], b"hello");
+    }
+
+    fn lines(head: &ResponseHead) -> String {
+        let mut out = Vec::new();
+        head.headers.write_to(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn header_lines_pass_on_as_sent_in_order() {
+        // Blanks kept, empty values, a repeated name, dropped fields between kept ones.
+        let (head, _) = parse(
+            b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nX-Empty:\r\nTE: x\r\nSet-Cookie: b=2  \r\n\
+              Upgrade: h2c\r\nX-Last:  v \r\nContent-Length: 0\r\n\r\n",
+            Method::GET,
+        );
+        let head = head.unwrap().unwrap();
+        assert_eq!(
+            lines(&head),
+            "Set-Cookie: a=1\r\nX-Empty:\r\nSet-Cookie: b=2  \r\nX-Last:  v \r\nContent-Length: 0\r\n"
+        );
+        // Lines that end in a bare LF are written anew, and so is everything after them.
+        let (head, _) = parse(
+            b"HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\nC: 3\r\n\r\n",
+            Method::GET,
+        );
+        assert_eq!(lines(&head.unwrap().unwrap()), "A: 1\r\nB: 2\r\nC: 3\r\n");
+        // More runs than are kept as ranges: the rest is copied, still in order.
+        let mut text = b"HTTP/1.1 204 No Content\r\n".to_vec();
+        let mut want = String::new();
+        for i in 0..RANGES + 3 {
+            text.extend_from_slice(format!("X-{i}: {i}\r\nKeep-Alive: 1\r\n").as_bytes());
+            want.push_str(&format!("X-{i}: {i}\r\n"));
+        }
+        text.extend_from_slice(b"\r\n");
+        let (head, _) = parse(&text, Method::GET);
+        let head = head.unwrap().unwrap();
+        assert_eq!(lines(&head), want);
+        assert!(!head.headers.has_content_length());
+    }
+
+    #[test]
+    fn every_hop_by_hop_name_is_dropped() {
+        for name in crate::proxy::headers::HOP_BY_HOP {
+            assert_ne!(classify(name.as_str().as_bytes()), Field::Other, "{name}");
+            assert_ne!(
+                classify(name.as_str().to_ascii_uppercase().as_bytes()),
+                Field::Other
+            );
+        }
+        assert_eq!(classify(b"x-member"), Field::Other);
+        assert_eq!(classify(b"tf"), Field::Other);
     }
 
     #[test]
@@ -550,8 +723,9 @@ mod tests {
             Method::GET,
         );
         let head = head.unwrap().unwrap();
-        assert!(!head.headers.contains_key(header::CONTENT_LENGTH));
-        assert!(!head.headers.contains_key(header::TRANSFER_ENCODING));
+        assert_eq!(lines(&head), "");
+        assert!(!head.headers.has_content_length());
+        assert_eq!(head.framing, Framing::Chunked);
     }
 
     #[test]
