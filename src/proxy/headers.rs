@@ -31,8 +31,6 @@ const WSSC: HeaderName = HeaderName::from_static("$wssc");
 const WSIS: HeaderName = HeaderName::from_static("$wsis");
 const WSSN: HeaderName = HeaderName::from_static("$wssn");
 const WSSP: HeaderName = HeaderName::from_static("$wssp");
-const HTTP: HeaderValue = HeaderValue::from_static("http");
-const FALSE: HeaderValue = HeaderValue::from_static("false");
 
 /// What the header rules need to know of one client connection.
 pub struct ClientConn {
@@ -81,6 +79,8 @@ struct Present {
     expect: bool,
     private: bool,
     forwarded: bool,
+    forwarded_for: bool,
+    forwarded_proto: bool,
     forwarded_host: bool,
 }
 
@@ -95,6 +95,10 @@ impl Present {
                 p.expect = true;
             } else if name == header::FORWARDED {
                 p.forwarded = true;
+            } else if name == X_FORWARDED_FOR {
+                p.forwarded_for = true;
+            } else if name == X_FORWARDED_PROTO {
+                p.forwarded_proto = true;
             } else if name == X_FORWARDED_HOST {
                 p.forwarded_host = true;
             } else if name.as_str().starts_with("$ws") {
@@ -145,16 +149,15 @@ fn remove_hop_by_hop_present(headers: &mut HeaderMap, present: &Present) {
 }
 
 /// Rewrites a client's request headers for a member. `host` is the request's host (with port,
-/// as the client sent it).
-pub fn rewrite_request(
+/// as the client sent it). What goes is removed from the map; what this proxy adds comes back
+/// as [`Added`], written after the map's lines: most requests then need no insert at all.
+pub fn rewrite_request<'a>(
     headers: &mut HeaderMap,
-    conn: &ClientConn,
-    host: Option<&HeaderValue>,
+    conn: &'a ClientConn,
+    host: Option<&'a HeaderValue>,
     websphere: bool,
-) {
+) -> Added<'a> {
     let present = Present::scan(headers);
-    // Room for what is added below, made once rather than grown insert by insert.
-    headers.reserve(if websphere { 10 } else { 4 });
     remove_hop_by_hop_present(headers, &present);
     // The proxy read the body (or streams it); members never see a client's expectation.
     if present.expect {
@@ -163,56 +166,113 @@ pub fn rewrite_request(
     if present.private {
         remove_private_headers(headers);
     }
-
+    let mut added = Added {
+        conn,
+        host,
+        forwarded_for: true,
+        forwarded_proto: true,
+        forwarded_host: host.is_some(),
+        forwarded: true,
+        websphere,
+    };
     if conn.trusted {
-        append_list(headers, X_FORWARDED_FOR, conn.client_ip.as_bytes());
-        if !headers.contains_key(X_FORWARDED_PROTO) {
-            headers.insert(X_FORWARDED_PROTO, HTTP);
+        // A trusted proxy's forwarding headers are kept, and the lists appended to.
+        if present.forwarded_for {
+            append_list(headers, X_FORWARDED_FOR, conn.client_ip.as_bytes());
+            added.forwarded_for = false;
         }
-        if !present.forwarded_host {
-            if let Some(host) = host {
-                headers.insert(X_FORWARDED_HOST, host.clone());
-            }
+        added.forwarded_proto = !present.forwarded_proto;
+        added.forwarded_host &= !present.forwarded_host;
+        if present.forwarded {
+            let host_text = host.and_then(|h| h.to_str().ok());
+            append_list(
+                headers,
+                header::FORWARDED,
+                &forwarded_element(conn, host_text),
+            );
+            added.forwarded = false;
         }
     } else {
-        headers.insert(X_FORWARDED_FOR, conn.client_ip.clone());
-        headers.insert(X_FORWARDED_PROTO, HTTP);
-        match host {
-            Some(host) => {
-                headers.insert(X_FORWARDED_HOST, host.clone());
+        // An untrusted client's own are replaced.
+        for (there, name) in [
+            (present.forwarded_for, X_FORWARDED_FOR),
+            (present.forwarded_proto, X_FORWARDED_PROTO),
+            (present.forwarded_host, X_FORWARDED_HOST),
+            (present.forwarded, header::FORWARDED),
+        ] {
+            if there {
+                headers.remove(name);
             }
-            None if present.forwarded_host => {
-                headers.remove(X_FORWARDED_HOST);
-            }
-            None => {}
         }
     }
-    let host_text = host.and_then(|h| h.to_str().ok());
-    let element = forwarded_element(conn, host_text);
-    if conn.trusted && present.forwarded {
-        append_list(headers, header::FORWARDED, &element);
-    } else if let Ok(value) = HeaderValue::from_maybe_shared(element) {
-        // An untrusted client's own Forwarded is replaced.
-        headers.insert(header::FORWARDED, value);
-    }
+    added
+}
 
-    if websphere {
-        headers.insert(WSRA, conn.client_ip.clone());
-        headers.insert(WSRH, conn.client_ip.clone());
-        headers.insert(WSSC, HTTP);
-        headers.insert(WSIS, FALSE);
-        if let Some(host) = host {
-            let name = host_without_port(host.as_bytes());
-            if let Ok(value) = HeaderValue::from_bytes(name) {
-                headers.insert(WSSN, value);
+/// The headers [`rewrite_request`] adds, as lines of the member's request head.
+pub struct Added<'a> {
+    conn: &'a ClientConn,
+    host: Option<&'a HeaderValue>,
+    forwarded_for: bool,
+    forwarded_proto: bool,
+    forwarded_host: bool,
+    forwarded: bool,
+    websphere: bool,
+}
+
+impl Added<'_> {
+    /// Appends the lines, each ending in CRLF.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        let conn = self.conn;
+        let ip = conn.client_ip.as_bytes();
+        let mut line = |name: &[u8], value: &[&[u8]]| {
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            for part in value {
+                out.extend_from_slice(part);
+            }
+            out.extend_from_slice(b"\r\n");
+        };
+        if self.forwarded_for {
+            line(b"x-forwarded-for", &[ip]);
+        }
+        if self.forwarded_proto {
+            line(b"x-forwarded-proto", &[b"http"]);
+        }
+        if let (true, Some(host)) = (self.forwarded_host, self.host) {
+            line(b"x-forwarded-host", &[host.as_bytes()]);
+        }
+        if self.forwarded {
+            match self.host.filter(|h| h.to_str().is_ok()) {
+                Some(host) => line(
+                    b"forwarded",
+                    &[
+                        conn.forwarded_for.as_bytes(),
+                        b";host=\"",
+                        host.as_bytes(),
+                        b"\"",
+                    ],
+                ),
+                None => line(b"forwarded", &[conn.forwarded_for.as_bytes()]),
             }
         }
-        headers.insert(WSSP, conn.local_port.clone());
+        if self.websphere {
+            line(WSRA.as_str().as_bytes(), &[ip]);
+            line(WSRH.as_str().as_bytes(), &[ip]);
+            line(WSSC.as_str().as_bytes(), &[b"http"]);
+            line(WSIS.as_str().as_bytes(), &[b"false"]);
+            if let Some(host) = self.host {
+                line(
+                    WSSN.as_str().as_bytes(),
+                    &[host_without_port(host.as_bytes())],
+                );
+            }
+            line(WSSP.as_str().as_bytes(), &[conn.local_port.as_bytes()]);
+        }
     }
 }
 
 /// This proxy's `Forwarded` element: `for=…;proto=http` and `;host="…"` when there is a host.
-fn forwarded_element(conn: &ClientConn, host: Option<&str>) -> bytes::Bytes {
+fn forwarded_element(conn: &ClientConn, host: Option<&str>) -> Vec<u8> {
     let mut element =
         Vec::with_capacity(conn.forwarded_for.len() + host.map_or(0, |h| h.len() + 8));
     element.extend_from_slice(conn.forwarded_for.as_bytes());
@@ -221,7 +281,7 @@ fn forwarded_element(conn: &ClientConn, host: Option<&str>) -> bytes::Bytes {
         element.extend_from_slice(host.as_bytes());
         element.push(b'"');
     }
-    element.into()
+    element
 }
 
 /// Removes every `$WS…` header a client sent: only the proxy may set them.
@@ -307,14 +367,30 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
         h.insert("$wsra", HeaderValue::from_static("6.6.6.6"));
+        h.insert(header::FORWARDED, HeaderValue::from_static("for=6.6.6.6"));
+        h.insert(X_FORWARDED_HOST, HeaderValue::from_static("evil"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
         let host = HeaderValue::from_static("shop:8080");
-        rewrite_request(&mut h, &conn, Some(&host), false);
-        assert_eq!(h[X_FORWARDED_FOR], "10.1.2.3");
+        let added = rewrite_request(&mut h, &conn, Some(&host), false);
         assert_eq!(
-            h[header::FORWARDED],
-            "for=10.1.2.3;proto=http;host=\"shop:8080\""
+            sent(&h, &added),
+            "x-kept: 1\r\nx-forwarded-for: 10.1.2.3\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: shop:8080\r\n\
+             forwarded: for=10.1.2.3;proto=http;host=\"shop:8080\"\r\n"
         );
-        assert!(!h.contains_key("$wsra"));
+    }
+
+    /// The header lines a member is sent: the map's, then the added ones.
+    fn sent(headers: &HeaderMap, added: &Added) -> String {
+        let mut out = Vec::new();
+        for (name, value) in headers {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        added.write_to(&mut out);
+        String::from_utf8(out).unwrap()
     }
 
     #[test]
@@ -331,9 +407,17 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
-        rewrite_request(&mut h, &conn, None, true);
-        assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.1.2.3");
-        assert_eq!(h["$wsra"], "10.1.2.3");
-        assert_eq!(h["$wssp"], "80");
+        h.append(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        h.append(header::FORWARDED, HeaderValue::from_static("for=1.1.1.1"));
+        let host = HeaderValue::from_static("shop:8080");
+        let added = rewrite_request(&mut h, &conn, Some(&host), true);
+        assert_eq!(
+            sent(&h, &added),
+            "x-forwarded-for: 1.1.1.1, 2.2.2.2, 10.1.2.3\r\nx-forwarded-proto: https\r\n\
+             forwarded: for=1.1.1.1, for=10.1.2.3;proto=http;host=\"shop:8080\"\r\n\
+             x-forwarded-host: shop:8080\r\n\
+             $wsra: 10.1.2.3\r\n$wsrh: 10.1.2.3\r\n$wssc: http\r\n$wsis: false\r\n\
+             $wssn: shop\r\n$wssp: 80\r\n"
+        );
     }
 }

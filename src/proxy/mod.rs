@@ -7,6 +7,7 @@ pub mod error;
 pub mod headers;
 pub mod retry;
 pub mod route;
+pub mod timer;
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use http_body::Body as _;
-use tokio::time::{timeout, timeout_at, Instant};
+use tokio::time::Instant;
 
 use crate::balance::{Affinity, Balancer, Clock, Clones, NoCandidate, Tried};
 use crate::config::{Config, ProxySettings};
@@ -25,6 +26,7 @@ use error::ProxyError;
 use headers::ClientConn;
 use retry::{may_retry, Failure};
 use route::Router;
+use timer::Timers;
 
 /// The proxy's whole run-time state, shared by every connection.
 pub struct Proxy {
@@ -73,6 +75,7 @@ impl Proxy {
         request: Request<()>,
         body: ClientBody<'_>,
         conn: &ClientConn,
+        timers: &mut Timers,
     ) -> Response<ResponseBody> {
         let start = Instant::now();
         let method = request.method().clone();
@@ -93,7 +96,9 @@ impl Proxy {
             })
             .flatten();
         let has_body = !body.is_end_stream();
-        let forwarded = self.forward(request, body, conn, start, &mut outcome).await;
+        let forwarded = self
+            .forward(request, body, conn, start, timers, &mut outcome)
+            .await;
         let response = match forwarded {
             Ok(response) => response,
             Err((error, body_read)) => error.respond(has_body && !body_read),
@@ -121,6 +126,7 @@ impl Proxy {
         incoming: ClientBody<'_>,
         conn: &ClientConn,
         start: Instant,
+        timers: &mut Timers,
         outcome: &mut Outcome,
     ) -> Result<Response<ResponseBody>, (ProxyError, bool)> {
         let (parts, ()) = request.into_parts();
@@ -161,7 +167,7 @@ impl Proxy {
             Affinity::Hit
         };
 
-        headers::rewrite_request(
+        let added = headers::rewrite_request(
             &mut headers,
             conn,
             host.as_ref(),
@@ -170,20 +176,16 @@ impl Proxy {
         let uri = origin_form(parts.uri);
 
         let deadline = start + self.settings.request_timeout;
-        let mut body = match timeout_at(
-            deadline,
-            BodySource::read_ahead(
-                incoming,
-                content_length,
-                config.post_buffer_size,
-                self.settings.post_size_limit,
-            ),
-        )
-        .await
-        {
-            Err(_) => return Err((ProxyError::RequestTimeout, false)),
-            Ok(Err(e)) => return Err((client_body_error(&e), false)),
-            Ok(Ok(body)) => body,
+        let read_ahead = BodySource::read_ahead(
+            incoming,
+            content_length,
+            config.post_buffer_size,
+            self.settings.post_size_limit,
+        );
+        let mut body = match timers.client.run(deadline, read_ahead).await {
+            None => return Err((ProxyError::RequestTimeout, false)),
+            Some(Err(e)) => return Err((client_body_error(&e), false)),
+            Some(Ok(body)) => body,
         };
         let body_read = body.replayable();
         if let Some(len) = body.buffered_len() {
@@ -213,9 +215,9 @@ impl Proxy {
             // still connecting, or a burst piles onto one member.
             let in_flight = target.start_request();
 
-            let mut conn = match timeout_at(deadline, target.upstream.acquire()).await {
-                Err(_) => return Err((ProxyError::RequestTimeout, body_read)),
-                Ok(Err(e)) => {
+            let mut conn = match timers.client.run(deadline, target.upstream.acquire()).await {
+                None => return Err((ProxyError::RequestTimeout, body_read)),
+                Some(Err(e)) => {
                     tracing::debug!(member = %target.name, error = %e, "attempt failed before sending");
                     if e.marks_down() {
                         target.mark_down(self.clock.now_ms(), config.retry_interval);
@@ -223,7 +225,7 @@ impl Proxy {
                     last_error = ProxyError::MemberFailed;
                     continue;
                 }
-                Ok(Ok(conn)) => conn,
+                Some(Ok(conn)) => conn,
             };
             target.mark_up();
 
@@ -239,12 +241,13 @@ impl Proxy {
                     config.retry_idempotency_key,
                     body.replayable(),
                 );
-            let wait = target
-                .io_timeout
-                .min(deadline.saturating_duration_since(Instant::now()));
-            let sent = conn.member.send(&method, path, &headers, &mut request_body);
-            match timeout(wait, sent).await {
-                Ok(Ok(head)) => {
+            // Deadlines only move on for this timer: the earlier of io_timeout and the request's.
+            let wait = (Instant::now() + target.io_timeout).min(deadline);
+            let sent = conn
+                .member
+                .send(&method, path, &headers, &added, &mut request_body);
+            match timers.member.run(wait, sent).await {
+                Some(Ok(head)) => {
                     let mut response = Response::new(ResponseBody::member(
                         head.framing,
                         Lease {
@@ -258,7 +261,7 @@ impl Proxy {
                     *response.version_mut() = head.version;
                     return Ok(response);
                 }
-                Ok(Err(ExchangeError::NotSent(error))) => {
+                Some(Err(ExchangeError::NotSent(error))) => {
                     tracing::debug!(member = %target.name, %error, "pooled connection closed before the request was written");
                     body.put_back(request_body);
                     if conn.reused && unsent_budget > 0 {
@@ -269,17 +272,17 @@ impl Proxy {
                     last_error = ProxyError::MemberFailed;
                     continue;
                 }
-                Ok(Err(ExchangeError::ClientBody(e))) => {
+                Some(Err(ExchangeError::ClientBody(e))) => {
                     return Err((client_body_error(&e), false));
                 }
-                Ok(Err(error)) => {
+                Some(Err(error)) => {
                     tracing::debug!(member = %target.name, %error, "attempt failed after sending");
                     last_error = ProxyError::MemberFailed;
                     if !retry_after_write {
                         return Err((last_error, body_read));
                     }
                 }
-                Err(_elapsed) => {
+                None => {
                     if Instant::now() >= deadline {
                         return Err((ProxyError::RequestTimeout, body_read));
                     }

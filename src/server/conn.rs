@@ -5,8 +5,9 @@
 //! idle keep-alive connection costs little more than its task and socket.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io::{self, IoSlice};
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -25,6 +26,7 @@ use crate::proxy::body::{
 };
 use crate::proxy::error::ProxyError;
 use crate::proxy::headers::ClientConn;
+use crate::proxy::timer::{Deadline, Timers};
 use crate::proxy::Proxy;
 use crate::upstream::h1::Chunked;
 
@@ -161,8 +163,8 @@ pub async fn serve_client(
     stream: TcpStream,
     proxy: Arc<Proxy>,
     info: ClientConn,
-    mut stop: watch::Receiver<bool>,
-    mut kill: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
+    kill: watch::Receiver<bool>,
     _running: mpsc::Sender<()>,
 ) {
     let mut io = ClientIo {
@@ -174,8 +176,19 @@ pub async fn serve_client(
         continue_left: 0,
         trailers: Vec::new(),
     };
+    // One timer of each kind and one watch on each signal for the connection's life, rather
+    // than one per request (see proxy::timer). `stop` still answers "stopping?" at once.
+    let mut timers = Timers::default();
+    let mut stop_watch = stop.clone();
+    let mut stopped = pin!(stop_watch.changed());
+    let mut kill_watch = kill.clone();
+    let mut killed = pin!(kill_watch.changed());
     loop {
-        let head = match read_head(&mut io.conn, &proxy, &mut stop).await {
+        if io.conn.buf.is_empty() && *stop.borrow() {
+            return;
+        }
+        let head = match read_head(&mut io.conn, &proxy, stopped.as_mut(), &mut timers.client).await
+        {
             Ok(Some(head)) => head,
             Ok(None) => return,
             Err(e) => {
@@ -216,7 +229,7 @@ pub async fn serve_client(
         };
         let served = async {
             let response = proxy
-                .handle(request, ClientBody { io: &mut io }, &info)
+                .handle(request, ClientBody { io: &mut io }, &info, &mut timers)
                 .await;
             // A body not read to its end leaves no way to find the next request.
             let keep_alive = keep_alive && io.body.is_done() && !*stop.borrow();
@@ -228,7 +241,7 @@ pub async fn serve_client(
         let keep = tokio::select! {
             biased;
             keep = served => keep,
-            _ = kill.changed() => false,
+            _ = killed.as_mut() => false,
         };
         if !keep {
             if !io.body.is_done() && !*kill.borrow() {
@@ -245,10 +258,12 @@ pub async fn serve_client(
 
 /// Reads the next request head, within `request_timeout`. `Ok(None)`: the client closed the
 /// connection, said nothing in time, or the proxy is stopping and the connection is idle.
+/// `stopped` completes when the proxy starts to stop.
 async fn read_head(
     conn: &mut ClientStream,
     proxy: &Proxy,
-    stop: &mut watch::Receiver<bool>,
+    mut stopped: Pin<&mut impl Future>,
+    timer: &mut Deadline,
 ) -> Result<Option<RequestHead>, HeadError> {
     let deadline = Instant::now() + proxy.settings.request_timeout;
     loop {
@@ -260,17 +275,14 @@ async fn read_head(
             }
         }
         let idle = conn.buf.is_empty();
-        if idle && *stop.borrow() {
-            return Ok(None);
-        }
         tokio::select! {
             biased;
             read = conn.fill() => match read {
                 Ok(0) | Err(_) => return Ok(None),
                 Ok(_) => {}
             },
-            _ = stop.changed(), if idle => return Ok(None),
-            _ = tokio::time::sleep_until(deadline) => return Ok(None),
+            _ = stopped.as_mut(), if idle => return Ok(None),
+            _ = timer.until(deadline) => return Ok(None),
         }
     }
 }

@@ -16,6 +16,7 @@ use crate::proxy::body::{
     chunk_size_line, poll_fill, write_all_counted, write_all_slices, ClientBodyError, ReadBuffered,
     RequestBody,
 };
+use crate::proxy::headers::Added;
 
 /// Bytes read from a member at a time to begin with (response heads, small bodies)...
 const READ_CHUNK: usize = 16 * 1024;
@@ -107,12 +108,13 @@ impl MemberConn {
         method: &Method,
         path: &str,
         headers: &HeaderMap,
+        added: &Added<'_>,
         body: &mut RequestBody<'_>,
     ) -> Result<ResponseHead, ExchangeError> {
         let chunked = matches!(body, RequestBody::Stream { .. })
             && !headers.contains_key(http::header::CONTENT_LENGTH);
         let extra: Option<&[u8]> = chunked.then_some(b"transfer-encoding: chunked\r\n");
-        h1::encode_request_head(&mut self.head, method, path, headers, extra);
+        h1::encode_request_head(&mut self.head, method, path, headers, added, extra);
         let data = match body {
             RequestBody::Full(Some(data)) => data.clone(),
             _ => Bytes::new(),

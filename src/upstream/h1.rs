@@ -11,6 +11,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::HeaderMap;
 use http::{Method, StatusCode, Version};
 
+use crate::proxy::headers::Added;
+
 /// A response head larger than this is refused (the member is broken).
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// As hyper's client: more header fields than this are refused. At most 128: the fields left
@@ -33,13 +35,15 @@ pub enum ProtocolError {
     Chunked,
 }
 
-/// Writes the request line and headers for a member. `extra` is a framing header the body
-/// needs and the client's headers do not carry (`content-length: 0`, chunked).
+/// Writes the request line and headers for a member: the client's `headers` as rewritten, the
+/// proxy's `added` ones, and `extra`, a framing header the body needs and the client's headers
+/// do not carry (chunked).
 pub fn encode_request_head(
     out: &mut Vec<u8>,
     method: &Method,
     path: &str,
     headers: &HeaderMap,
+    added: &Added<'_>,
     extra: Option<&[u8]>,
 ) {
     out.clear();
@@ -53,6 +57,7 @@ pub fn encode_request_head(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    added.write_to(out);
     if let Some(extra) = extra {
         out.extend_from_slice(extra);
     }
@@ -555,6 +560,7 @@ impl Default for Chunked {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::headers::{rewrite_request, ClientConn};
     use http::header::{self, HeaderValue};
 
     fn parse(
@@ -570,17 +576,26 @@ mod tests {
     fn request_head_is_written_with_extra_framing() {
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, HeaderValue::from_static("shop"));
+        let conn = ClientConn::new(
+            "10.1.2.3:5000".parse().unwrap(),
+            "127.0.0.1:80".parse().unwrap(),
+            &[],
+        );
+        let added = rewrite_request(&mut headers, &conn, None, false);
         let mut out = Vec::new();
         encode_request_head(
             &mut out,
             &Method::POST,
             "/a?b",
             &headers,
-            Some(b"content-length: 0\r\n"),
+            &added,
+            Some(b"transfer-encoding: chunked\r\n"),
         );
         assert_eq!(
-            out,
-            b"POST /a?b HTTP/1.1\r\nhost: shop\r\ncontent-length: 0\r\n\r\n".to_vec()
+            String::from_utf8(out).unwrap(),
+            "POST /a?b HTTP/1.1\r\nhost: shop\r\nx-forwarded-for: 10.1.2.3\r\n\
+             x-forwarded-proto: http\r\nforwarded: for=10.1.2.3;proto=http\r\n\
+             transfer-encoding: chunked\r\n\r\n"
         );
     }
 
