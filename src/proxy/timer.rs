@@ -6,7 +6,7 @@
 //! in time touches the wheel only when the deadline moved earlier.
 
 use std::future::{poll_fn, Future};
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use tokio::time::{sleep_until, Instant, Sleep};
@@ -27,16 +27,14 @@ pub struct Timers {
 }
 
 impl Deadline {
-    /// `future`'s output, or `None` when `deadline` passes first.
-    pub async fn run<F: Future>(&mut self, deadline: Instant, future: F) -> Option<F::Output> {
-        let mut future = pin!(future);
-        poll_fn(|cx| {
-            if let Poll::Ready(output) = future.as_mut().poll(cx) {
-                return Poll::Ready(Some(output));
-            }
-            self.poll_until(deadline, cx).map(|()| None)
-        })
-        .await
+    /// `future`'s output, or `None` when `deadline` passes first. (A future of its own rather
+    /// than an `async fn`, which would hold `future` twice: as argument and pinned.)
+    pub fn run<F: Future>(&mut self, deadline: Instant, future: F) -> Run<'_, F> {
+        Run {
+            timer: self,
+            deadline,
+            future,
+        }
     }
 
     /// Completes when `deadline` has passed.
@@ -59,6 +57,28 @@ impl Deadline {
             // Fired for an earlier wait's deadline: this one is later.
             sleep.as_mut().reset(deadline);
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`Deadline::run`].
+    pub struct Run<'a, F> {
+        timer: &'a mut Deadline,
+        deadline: Instant,
+        #[pin]
+        future: F,
+    }
+}
+
+impl<F: Future> Future for Run<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(output) = this.future.poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        this.timer.poll_until(*this.deadline, cx).map(|()| None)
     }
 }
 

@@ -227,21 +227,26 @@ pub async fn serve_client(
         } else {
             0
         };
-        let served = async {
-            let response = proxy
-                .handle(request, ClientBody { io: &mut io }, &info, &mut timers)
-                .await;
-            // A body not read to its end leaves no way to find the next request.
-            let keep_alive = keep_alive && io.body.is_done() && !*stop.borrow();
-            let clean = write_response(&mut io.conn, response, head_only, version, keep_alive)
-                .await
-                .unwrap_or(false);
-            clean && keep_alive
-        };
-        let keep = tokio::select! {
-            biased;
-            keep = served => keep,
-            _ = killed.as_mut() => false,
+        let keep = {
+            let mut served = pin!(async {
+                let response = proxy
+                    .handle(request, ClientBody { io: &mut io }, &info, &mut timers)
+                    .await;
+                // A body not read to its end leaves no way to find the next request.
+                let keep_alive = keep_alive && io.body.is_done() && !*stop.borrow();
+                let clean = write_response(&mut io.conn, response, head_only, version, keep_alive)
+                    .await
+                    .unwrap_or(false);
+                clean && keep_alive
+            });
+            // Polled in place: select! would move the whole request future into its own state.
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(keep) = served.as_mut().poll(cx) {
+                    return Poll::Ready(keep);
+                }
+                killed.as_mut().poll(cx).map(|_| false)
+            })
+            .await
         };
         if !keep {
             if !io.body.is_done() && !*kill.borrow() {

@@ -131,7 +131,9 @@ impl MemberConn {
                 }
             })?;
         if let RequestBody::Stream { .. } = body {
-            self.stream_body(body, chunked).await?;
+            // Boxed: a streamed body is rare and long, and its state would otherwise make every
+            // request's future larger (and costlier to move).
+            Box::pin(self.stream_body(body, chunked)).await?;
         }
         self.read_head(method).await
     }

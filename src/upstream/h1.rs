@@ -128,13 +128,16 @@ pub fn parse_response_head(
         } else {
             Version::HTTP_11
         };
-        // Offsets, so the slices can be taken from the frozen head once the parse's borrow ends.
-        let base = buf.as_ptr() as usize;
-        let mut fields = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-        let count = response.headers.len();
-        field_offsets(base, response.headers, &mut fields);
-        let head = buf.split_to(len).freeze();
-        return build(head, &fields[..count], status, version, request_method).map(Some);
+        let mut head = build(
+            &buf[..len],
+            response.headers,
+            status,
+            version,
+            request_method,
+        )?;
+        // The lines are offsets into the head, which is taken out of the buffer now.
+        head.headers.head = buf.split_to(len).freeze();
+        return Ok(Some(head));
     }
 }
 
@@ -157,9 +160,11 @@ pub(crate) fn field_offsets(
     }
 }
 
+/// The response head parsed from `head` (the header lines are offsets into it, their `head` not
+/// set yet).
 fn build(
-    head: Bytes,
-    fields: &[(u32, u32, u32, u32)],
+    head: &[u8],
+    fields: &[httparse::Header<'_>],
     status: StatusCode,
     version: Version,
     request_method: &Method,
@@ -173,9 +178,8 @@ fn build(
     let mut close = false;
     let mut keep_alive_token = false;
     let mut connection_names = false;
-    for (i, &(ns, ne, vs, ve)) in fields.iter().enumerate() {
-        let name = &head[ns as usize..ne as usize];
-        let value = &head[vs as usize..ve as usize];
+    for (i, field) in fields.iter().enumerate() {
+        let (name, value) = (field.name.as_bytes(), field.value);
         let bit = 1u128 << i;
         match classify(name) {
             Field::ContentLength => {
@@ -211,14 +215,14 @@ fn build(
     }
     if connection_names {
         // Rare: the member named headers of its own in Connection; they go too.
-        for &(ns, ne, vs, ve) in fields {
-            if classify(&head[ns as usize..ne as usize]) != Field::Connection {
+        for field in fields {
+            if classify(field.name.as_bytes()) != Field::Connection {
                 continue;
             }
-            for token in head[vs as usize..ve as usize].split(|&b| b == b',') {
+            for token in field.value.split(|&b| b == b',') {
                 let token = token.trim_ascii();
-                for (i, &(ns, ne, ..)) in fields.iter().enumerate() {
-                    if head[ns as usize..ne as usize].eq_ignore_ascii_case(token) {
+                for (i, named) in fields.iter().enumerate() {
+                    if named.name.as_bytes().eq_ignore_ascii_case(token) {
                         dropped |= 1 << i;
                     }
                 }
@@ -303,27 +307,32 @@ pub struct HeaderLines {
 }
 
 impl HeaderLines {
+    /// The lines of `fields` not `dropped`, as offsets into `head` (which they were parsed
+    /// from); the caller sets [`HeaderLines::head`].
     fn new(
-        head: Bytes,
-        fields: &[(u32, u32, u32, u32)],
+        head: &[u8],
+        fields: &[httparse::Header<'_>],
         dropped: u128,
         content_length: bool,
     ) -> HeaderLines {
         let mut lines = HeaderLines {
-            head,
-            ranges: [(0, 0); RANGES],
-            count: 0,
-            rest: Vec::new(),
             content_length,
+            ..HeaderLines::none()
         };
-        let head = &lines.head[..];
+        let base = head.as_ptr() as usize;
         let mut spilled = false;
-        for (i, &(ns, ne, vs, ve)) in fields.iter().enumerate() {
+        for (i, field) in fields.iter().enumerate() {
             if dropped & (1 << i) != 0 {
                 continue;
             }
+            // (An empty value's slice still points into the head; a slice from elsewhere would
+            // fail the CRLF check below and be copied.)
+            let ns = (field.name.as_ptr() as usize).wrapping_sub(base) as u32;
+            let ve = (field.value.as_ptr() as usize)
+                .wrapping_sub(base)
+                .wrapping_add(field.value.len());
             // httparse leaves trailing blanks out of the value; the line ends after them.
-            let mut end = ve as usize;
+            let mut end = ve;
             while matches!(head.get(end), Some(b' ' | b'\t')) {
                 end += 1;
             }
@@ -342,13 +351,9 @@ impl HeaderLines {
             }
             // From here on every line is copied, so the fields keep their order.
             spilled = true;
-            lines
-                .rest
-                .extend_from_slice(&head[ns as usize..ne as usize]);
+            lines.rest.extend_from_slice(field.name.as_bytes());
             lines.rest.extend_from_slice(b": ");
-            lines
-                .rest
-                .extend_from_slice(&head[vs as usize..ve as usize]);
+            lines.rest.extend_from_slice(field.value);
             lines.rest.extend_from_slice(b"\r\n");
         }
         lines

@@ -118,7 +118,9 @@ impl Upstream {
                 permit,
             });
         }
-        let member = self.connect().await?;
+        // Boxed: connecting is rare on a warm pool, and its state would otherwise make every
+        // request's future larger (and costlier to move).
+        let member = Box::pin(self.connect()).await?;
         Ok(Conn {
             member,
             reused: false,
