@@ -363,15 +363,28 @@ impl<'a> BodySource<'a> {
                 limit,
             })));
         }
-        let mut buf = BytesMut::with_capacity(content_length.map_or(8192, |n| n as usize));
-        while buf.len() <= cap {
+        // A body that came in one piece (most do: with the head, in one read) is kept as that
+        // piece, a slice of the connection's read buffer; only a body in several is copied.
+        let mut first: Option<Bytes> = None;
+        let mut buf = BytesMut::new();
+        let mut len = 0;
+        while len <= cap {
             match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
                 None => break,
                 Some(Err(e)) => return Err(e),
                 Some(Ok(frame)) => {
                     // Trailers of a buffered body are dropped (rare; noted in the README).
                     if let Ok(data) = frame.into_data() {
-                        buf.extend_from_slice(&data);
+                        len += data.len();
+                        if first.is_none() && buf.is_empty() {
+                            first = Some(data);
+                        } else {
+                            if let Some(first) = first.take() {
+                                buf.reserve(content_length.map_or(8192, |n| n as usize));
+                                buf.extend_from_slice(&first);
+                            }
+                            buf.extend_from_slice(&data);
+                        }
                     }
                 }
             }
@@ -379,17 +392,17 @@ impl<'a> BodySource<'a> {
                 break;
             }
         }
-        if buf.len() as u64 > limit {
+        if len as u64 > limit {
             return Err(ClientBodyError::TooLarge);
         }
+        let read = first.unwrap_or_else(|| buf.freeze());
         if body.is_end_stream() {
-            return Ok(BodySource::Buffered(buf.freeze()));
+            return Ok(BodySource::Buffered(read));
         }
-        let seen = buf.len() as u64;
         Ok(BodySource::Once(Some(RequestBody::Stream {
-            prefix: Some(buf.freeze()),
+            prefix: Some(read),
             rest: body,
-            seen,
+            seen: len as u64,
             limit,
         })))
     }

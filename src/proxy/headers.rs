@@ -35,6 +35,7 @@ const WSSP: HeaderName = HeaderName::from_static("$wssp");
 /// What the header rules need to know of one client connection.
 pub struct ClientConn {
     pub client: SocketAddr,
+    /// The listener's address (with a wildcard listen address, the IP is unspecified).
     pub local: SocketAddr,
     /// The client is in `trusted_proxies`: its forwarding headers are kept and appended to.
     pub trusted: bool,
@@ -47,19 +48,49 @@ pub struct ClientConn {
 impl ClientConn {
     pub fn new(client: SocketAddr, local: SocketAddr, trusted_proxies: &[IpNet]) -> ClientConn {
         let ip = canonical(client.ip());
-        let forwarded_for = match ip {
-            IpAddr::V4(v4) => format!("for={v4};proto=http"),
-            IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
+        // Made once per connection, so without `fmt` for the common IPv4 case.
+        let text = match ip {
+            IpAddr::V4(v4) => ipv4_text(v4),
+            IpAddr::V6(v6) => v6.to_string(),
         };
+        let mut forwarded_for = String::with_capacity(text.len() + 18);
+        forwarded_for.push_str("for=");
+        match ip {
+            IpAddr::V4(_) => forwarded_for.push_str(&text),
+            IpAddr::V6(_) => {
+                forwarded_for.push_str("\"[");
+                forwarded_for.push_str(&text);
+                forwarded_for.push_str("]\"");
+            }
+        }
+        forwarded_for.push_str(";proto=http");
         ClientConn {
             client,
             local,
             trusted: trusted_proxies.iter().any(|net| net.contains(ip)),
-            client_ip: HeaderValue::try_from(ip.to_string()).expect("an IP is a valid header"),
+            client_ip: HeaderValue::try_from(text).expect("an IP is a valid header"),
             forwarded_for,
             local_port: HeaderValue::from(local.port()),
         }
     }
+}
+
+/// `10.1.2.3`, as `Ipv4Addr`'s `Display` writes it.
+fn ipv4_text(ip: std::net::Ipv4Addr) -> String {
+    let mut text = String::with_capacity(15);
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        if octet >= 100 {
+            text.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            text.push(char::from(b'0' + octet / 10 % 10));
+        }
+        text.push(char::from(b'0' + octet % 10));
+    }
+    text
 }
 
 fn canonical(ip: IpAddr) -> IpAddr {
@@ -334,6 +365,20 @@ pub fn host_without_port(host: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv4_text_is_display() {
+        for ip in [
+            "0.0.0.0",
+            "10.1.2.3",
+            "127.0.0.1",
+            "255.255.255.255",
+            "100.20.3.199",
+        ] {
+            let addr: std::net::Ipv4Addr = ip.parse().unwrap();
+            assert_eq!(ipv4_text(addr), addr.to_string());
+        }
+    }
 
     #[test]
     fn host_port_is_cut() {

@@ -189,7 +189,15 @@ impl Proxy {
         };
         let body_read = body.replayable();
         if let Some(len) = body.buffered_len() {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            // Left as it is when it already says exactly that, on one line.
+            let one_line = headers
+                .get_all(header::CONTENT_LENGTH)
+                .iter()
+                .nth(1)
+                .is_none();
+            if content_length != Some(len as u64) || !one_line {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            }
         }
 
         let mut tried = Tried::default();

@@ -41,6 +41,7 @@ const SPARE_BUFFERS: usize = 64;
 
 thread_local! {
     static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    static EARLY: RefCell<[u8; READ_CHUNK]> = const { RefCell::new([0; READ_CHUNK]) };
 }
 
 /// A read buffer for a connection that has bytes to read. An idle connection holds none, and
@@ -66,6 +67,8 @@ fn give_back(buf: BytesMut) {
 pub struct ClientStream {
     stream: TcpStream,
     buf: BytesMut,
+    /// TCP_NODELAY is set: done before the first response that keeps the connection open.
+    nodelay: bool,
 }
 
 impl ReadBuffered for ClientStream {
@@ -79,6 +82,23 @@ impl ReadBuffered for ClientStream {
 }
 
 impl ClientStream {
+    /// Reads what a new connection's client has sent already, straight from the socket: the
+    /// event loop has not reported the socket yet, and waiting for it would cost a round
+    /// through `epoll_wait` and a timer armed for nothing. `Ok(0)`: the client closed it.
+    fn read_early(&mut self) -> io::Result<usize> {
+        use std::io::Read;
+        // Read into initialised memory kept per thread, then copy what came: a read buffer
+        // would have to be zeroed first (8 KiB, for a head of a few hundred bytes).
+        EARLY.with_borrow_mut(|early| {
+            let n = (&*socket2::SockRef::from(&self.stream)).read(&mut early[..])?;
+            if n > 0 {
+                self.buf = take_buffer();
+                self.buf.extend_from_slice(&early[..n]);
+            }
+            Ok(n)
+        })
+    }
+
     /// Waits for bytes; the buffer is allocated only once some have arrived.
     async fn fill(&mut self) -> io::Result<usize> {
         loop {
@@ -171,6 +191,7 @@ pub async fn serve_client(
         conn: ClientStream {
             stream,
             buf: BytesMut::new(),
+            nodelay: false,
         },
         body: Remaining::Done,
         continue_left: 0,
@@ -183,6 +204,11 @@ pub async fn serve_client(
     let mut stopped = pin!(stop_watch.changed());
     let mut kill_watch = kill.clone();
     let mut killed = pin!(kill_watch.changed());
+    match io.conn.read_early() {
+        Ok(0) => return,
+        Err(e) if e.kind() != io::ErrorKind::WouldBlock => return,
+        _ => {}
+    }
     loop {
         if io.conn.buf.is_empty() && *stop.borrow() {
             return;
@@ -234,6 +260,15 @@ pub async fn serve_client(
                     .await;
                 // A body not read to its end leaves no way to find the next request.
                 let keep_alive = keep_alive && io.body.is_done() && !*stop.borrow();
+                if keep_alive && !io.conn.nodelay {
+                    // As nginx's tcp_nodelay: a response the connection outlives must not
+                    // wait for an ACK (Nagle) before its last segment goes. One that ends the
+                    // connection is pushed out by the close, and saves the syscall.
+                    io.conn.nodelay = true;
+                    if let Err(e) = io.conn.stream.set_nodelay(true) {
+                        tracing::debug!(error = %e, "set_nodelay failed");
+                    }
+                }
                 let clean = write_response(&mut io.conn, response, head_only, version, keep_alive)
                     .await
                     .unwrap_or(false);

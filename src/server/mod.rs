@@ -80,10 +80,16 @@ struct Signals {
 }
 
 async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, signals: Signals) {
+    // The connections' local address is the listener's (asked once, not with a getsockname
+    // per connection); only its port is used, for `$WSSP`.
+    let Ok(local) = listener.local_addr() else {
+        return;
+    };
     let mut stop = signals.stop.clone();
+    let mut stopped = std::pin::pin!(stop.changed());
     loop {
         let (stream, client) = tokio::select! {
-            _ = stop.changed() => return,
+            _ = stopped.as_mut() => return,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -94,15 +100,10 @@ async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, signals: Signals)
                 }
             },
         };
-        let local = match stream.local_addr() {
-            Ok(local) => local,
-            Err(_) => continue,
-        };
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "set_nodelay failed");
-        }
         let info = ClientConn::new(client, local, &proxy.settings.trusted_proxies);
-        tokio::spawn(conn::serve_client(
+        // Spawned boxed: the task then holds a pointer, not the connection's whole state
+        // (kilobytes), which tokio would copy several times as it starts and ends the task.
+        let serve = Box::pin(conn::serve_client(
             stream,
             proxy.clone(),
             info,
@@ -110,6 +111,7 @@ async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, signals: Signals)
             signals.kill.clone(),
             signals.running.clone(),
         ));
+        tokio::spawn(serve);
     }
 }
 
