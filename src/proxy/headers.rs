@@ -219,7 +219,7 @@ pub fn rewrite_request<'a>(
             append_list(
                 headers,
                 header::FORWARDED,
-                &forwarded_element(conn, host_text),
+                &forwarded_element(conn, host_text).concat(),
             );
             added.forwarded = false;
         }
@@ -273,18 +273,8 @@ impl Added<'_> {
             line(b"x-forwarded-host", &[host.as_bytes()]);
         }
         if self.forwarded {
-            match self.host.filter(|h| h.to_str().is_ok()) {
-                Some(host) => line(
-                    b"forwarded",
-                    &[
-                        conn.forwarded_for.as_bytes(),
-                        b";host=\"",
-                        host.as_bytes(),
-                        b"\"",
-                    ],
-                ),
-                None => line(b"forwarded", &[conn.forwarded_for.as_bytes()]),
-            }
+            let host = self.host.and_then(|h| h.to_str().ok());
+            line(b"forwarded", &forwarded_element(conn, host));
         }
         if self.websphere {
             line(WSRA.as_str().as_bytes(), &[ip]);
@@ -302,17 +292,18 @@ impl Added<'_> {
     }
 }
 
-/// This proxy's `Forwarded` element: `for=…;proto=http` and `;host="…"` when there is a host.
-fn forwarded_element(conn: &ClientConn, host: Option<&str>) -> Vec<u8> {
-    let mut element =
-        Vec::with_capacity(conn.forwarded_for.len() + host.map_or(0, |h| h.len() + 8));
-    element.extend_from_slice(conn.forwarded_for.as_bytes());
-    if let Some(host) = host {
-        element.extend_from_slice(b";host=\"");
-        element.extend_from_slice(host.as_bytes());
-        element.push(b'"');
+/// This proxy's `Forwarded` element, `for=…;proto=http` and `;host="…"` when there is a host,
+/// as pieces to write one after the other.
+fn forwarded_element<'a>(conn: &'a ClientConn, host: Option<&'a str>) -> [&'a [u8]; 4] {
+    match host {
+        Some(host) => [
+            conn.forwarded_for.as_bytes(),
+            b";host=\"",
+            host.as_bytes(),
+            b"\"",
+        ],
+        None => [conn.forwarded_for.as_bytes(), b"", b"", b""],
     }
-    element
 }
 
 /// Removes every `$WS…` header a client sent: only the proxy may set them.

@@ -89,11 +89,26 @@ pub fn parse_request_head(
     let path_at = (path.as_ptr() as usize - base, path.len());
     let mut fields = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let count = request.headers.len();
-    crate::upstream::h1::field_offsets(base, request.headers, &mut fields);
+    field_offsets(base, request.headers, &mut fields);
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path_at.0..path_at.0 + path_at.1))
         .map_err(|_| HeadError::Bad("invalid request target"))?;
     build(head, &fields[..count], method, uri, version).map(Some)
+}
+
+/// The (name start, name end, value start, value end) of each parsed field, as offsets from
+/// `base`, the start of the buffer the fields were parsed from.
+fn field_offsets(base: usize, parsed: &[httparse::Header<'_>], out: &mut [(u32, u32, u32, u32)]) {
+    for (field, h) in out.iter_mut().zip(parsed) {
+        let name = h.name.as_ptr() as usize - base;
+        let value = h.value.as_ptr() as usize - base;
+        *field = (
+            name as u32,
+            (name + h.name.len()) as u32,
+            value as u32,
+            (value + h.value.len()) as u32,
+        );
+    }
 }
 
 fn build(

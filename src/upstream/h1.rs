@@ -141,25 +141,6 @@ pub fn parse_response_head(
     }
 }
 
-/// The (name start, name end, value start, value end) of each parsed field, as offsets from
-/// `base`, the start of the buffer the fields were parsed from.
-pub(crate) fn field_offsets(
-    base: usize,
-    parsed: &[httparse::Header<'_>],
-    out: &mut [(u32, u32, u32, u32)],
-) {
-    for (field, h) in out.iter_mut().zip(parsed) {
-        let name = h.name.as_ptr() as usize - base;
-        let value = h.value.as_ptr() as usize - base;
-        *field = (
-            name as u32,
-            (name + h.name.len()) as u32,
-            value as u32,
-            (value + h.value.len()) as u32,
-        );
-    }
-}
-
 /// The response head parsed from `head` (the header lines are offsets into it, their `head` not
 /// set yet).
 fn build(
