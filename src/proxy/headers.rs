@@ -39,56 +39,85 @@ pub struct ClientConn {
     pub local: SocketAddr,
     /// The client is in `trusted_proxies`: its forwarding headers are kept and appended to.
     pub trusted: bool,
-    client_ip: HeaderValue,
-    /// `for=…;proto=http`, the start of this proxy's `Forwarded` element.
-    forwarded_for: String,
-    local_port: HeaderValue,
+    /// The client's IP as text, and the listener's port: kept in place, so that a new
+    /// connection costs no allocation here.
+    client_ip: Inline<45>,
+    ipv6: bool,
+    local_port: Inline<5>,
+}
+
+/// Short text held in place (an IP address, a port number).
+#[derive(Clone, Copy)]
+struct Inline<const N: usize> {
+    bytes: [u8; N],
+    len: u8,
+}
+
+impl<const N: usize> Inline<N> {
+    fn new(text: &[u8]) -> Inline<N> {
+        let mut inline = Inline {
+            bytes: [0; N],
+            len: text.len() as u8,
+        };
+        inline.bytes[..text.len()].copy_from_slice(text);
+        inline
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
 }
 
 impl ClientConn {
     pub fn new(client: SocketAddr, local: SocketAddr, trusted_proxies: &[IpNet]) -> ClientConn {
         let ip = canonical(client.ip());
-        // Made once per connection, so without `fmt` for the common IPv4 case.
-        let text = match ip {
+        let client_ip = match ip {
             IpAddr::V4(v4) => ipv4_text(v4),
-            IpAddr::V6(v6) => v6.to_string(),
+            IpAddr::V6(v6) => Inline::new(v6.to_string().as_bytes()),
         };
-        let mut forwarded_for = String::with_capacity(text.len() + 18);
-        forwarded_for.push_str("for=");
-        match ip {
-            IpAddr::V4(_) => forwarded_for.push_str(&text),
-            IpAddr::V6(_) => {
-                forwarded_for.push_str("\"[");
-                forwarded_for.push_str(&text);
-                forwarded_for.push_str("]\"");
+        let mut port = [0; 5];
+        let mut start = port.len();
+        let mut n = local.port();
+        loop {
+            start -= 1;
+            port[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
             }
         }
-        forwarded_for.push_str(";proto=http");
         ClientConn {
             client,
             local,
             trusted: trusted_proxies.iter().any(|net| net.contains(ip)),
-            client_ip: HeaderValue::try_from(text).expect("an IP is a valid header"),
-            forwarded_for,
-            local_port: HeaderValue::from(local.port()),
+            client_ip,
+            ipv6: ip.is_ipv6(),
+            local_port: Inline::new(&port[start..]),
         }
     }
 }
 
-/// `10.1.2.3`, as `Ipv4Addr`'s `Display` writes it.
-fn ipv4_text(ip: std::net::Ipv4Addr) -> String {
-    let mut text = String::with_capacity(15);
+/// `10.1.2.3`, as `Ipv4Addr`'s `Display` writes it, without `fmt`.
+fn ipv4_text(ip: std::net::Ipv4Addr) -> Inline<45> {
+    let mut text = Inline {
+        bytes: [0; 45],
+        len: 0,
+    };
+    let mut push = |b: u8| {
+        text.bytes[usize::from(text.len)] = b;
+        text.len += 1;
+    };
     for (i, octet) in ip.octets().into_iter().enumerate() {
         if i > 0 {
-            text.push('.');
+            push(b'.');
         }
         if octet >= 100 {
-            text.push(char::from(b'0' + octet / 100));
+            push(b'0' + octet / 100);
         }
         if octet >= 10 {
-            text.push(char::from(b'0' + octet / 10 % 10));
+            push(b'0' + octet / 10 % 10);
         }
-        text.push(char::from(b'0' + octet % 10));
+        push(b'0' + octet % 10);
     }
     text
 }
@@ -294,16 +323,26 @@ impl Added<'_> {
 
 /// This proxy's `Forwarded` element, `for=…;proto=http` and `;host="…"` when there is a host,
 /// as pieces to write one after the other.
-fn forwarded_element<'a>(conn: &'a ClientConn, host: Option<&'a str>) -> [&'a [u8]; 4] {
-    match host {
-        Some(host) => [
-            conn.forwarded_for.as_bytes(),
-            b";host=\"",
-            host.as_bytes(),
-            b"\"",
-        ],
-        None => [conn.forwarded_for.as_bytes(), b"", b"", b""],
-    }
+fn forwarded_element<'a>(conn: &'a ClientConn, host: Option<&'a str>) -> [&'a [u8]; 8] {
+    let (open, close): (&[u8], &[u8]) = if conn.ipv6 {
+        (b"\"[", b"]\"")
+    } else {
+        (b"", b"")
+    };
+    let (host_open, host, host_close): (&[u8], &[u8], &[u8]) = match host {
+        Some(host) => (b";host=\"", host.as_bytes(), b"\""),
+        None => (b"", b"", b""),
+    };
+    [
+        b"for=",
+        open,
+        conn.client_ip.as_bytes(),
+        close,
+        b";proto=http",
+        host_open,
+        host,
+        host_close,
+    ]
 }
 
 /// Removes every `$WS…` header a client sent: only the proxy may set them.
@@ -367,7 +406,7 @@ mod tests {
             "100.20.3.199",
         ] {
             let addr: std::net::Ipv4Addr = ip.parse().unwrap();
-            assert_eq!(ipv4_text(addr), addr.to_string());
+            assert_eq!(ipv4_text(addr).as_bytes(), addr.to_string().as_bytes());
         }
     }
 
@@ -427,6 +466,36 @@ mod tests {
         }
         added.write_to(&mut out);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn ipv6_client_and_port_are_written_as_text() {
+        let conn = ClientConn::new(
+            "[2001:db8::1]:5000".parse().unwrap(),
+            "[::1]:65535".parse().unwrap(),
+            &[],
+        );
+        let mut h = HeaderMap::new();
+        let added = rewrite_request(&mut h, &conn, None, true);
+        assert_eq!(
+            sent(&h, &added),
+            "x-forwarded-for: 2001:db8::1\r\nx-forwarded-proto: http\r\n\
+             forwarded: for=\"[2001:db8::1]\";proto=http\r\n\
+             $wsra: 2001:db8::1\r\n$wsrh: 2001:db8::1\r\n$wssc: http\r\n$wsis: false\r\n\
+             $wssp: 65535\r\n"
+        );
+        let conn = ClientConn::new(
+            "[::ffff:10.0.0.7]:1".parse().unwrap(),
+            "0.0.0.0:0".parse().unwrap(),
+            &[],
+        );
+        let added = rewrite_request(&mut h, &conn, None, true);
+        let text = sent(&h, &added);
+        assert!(
+            text.contains("forwarded: for=10.0.0.7;proto=http\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("$wssp: 0\r\n"), "{text}");
     }
 
     #[test]
