@@ -41,7 +41,6 @@ const SPARE_BUFFERS: usize = 64;
 
 thread_local! {
     static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
-    static EARLY: RefCell<[u8; READ_CHUNK]> = const { RefCell::new([0; READ_CHUNK]) };
 }
 
 /// A read buffer for a connection that has bytes to read. An idle connection holds none, and
@@ -53,7 +52,8 @@ fn take_buffer() -> BytesMut {
         .unwrap_or_default()
 }
 
-fn give_back(buf: BytesMut) {
+fn give_back(mut buf: BytesMut) {
+    buf.clear();
     if buf.capacity() >= READ_CHUNK / 2 && buf.capacity() <= 8 * READ_CHUNK {
         SPARE.with_borrow_mut(|spare| {
             if spare.len() < SPARE_BUFFERS {
@@ -82,21 +82,19 @@ impl ReadBuffered for ClientStream {
 }
 
 impl ClientStream {
-    /// Reads what a new connection's client has sent already, straight from the socket: the
-    /// event loop has not reported the socket yet, and waiting for it would cost a round
-    /// through `epoll_wait` and a timer armed for nothing. `Ok(0)`: the client closed it.
+    /// Reads what a new connection's client has sent already. tokio takes an accepted socket
+    /// for readable, so this tries the socket before the event loop has reported it. When
+    /// nothing is there yet, `WouldBlock` clears that (and only that: an event that came
+    /// meanwhile is kept), and the next read waits for the event loop instead of trying the
+    /// socket a second time. `Ok(0)`: the client closed it.
     fn read_early(&mut self) -> io::Result<usize> {
-        use std::io::Read;
-        // Read into initialised memory kept per thread, then copy what came: a read buffer
-        // would have to be zeroed first (8 KiB, for a head of a few hundred bytes).
-        EARLY.with_borrow_mut(|early| {
-            let n = (&*socket2::SockRef::from(&self.stream)).read(&mut early[..])?;
-            if n > 0 {
-                self.buf = take_buffer();
-                self.buf.extend_from_slice(&early[..n]);
-            }
-            Ok(n)
-        })
+        self.buf = take_buffer();
+        let read = try_fill(&self.stream, &mut self.buf, READ_CHUNK);
+        if self.buf.is_empty() {
+            // Nothing came: a connection that says nothing holds no buffer.
+            give_back(std::mem::take(&mut self.buf));
+        }
+        read
     }
 
     /// Waits for bytes; the buffer is allocated only once some have arrived.
@@ -284,6 +282,8 @@ pub async fn serve_client(
             .await
         };
         if !keep {
+            // A connection per request should not cost an 8 KiB malloc and free each.
+            give_back(std::mem::take(&mut io.conn.buf));
             if !io.body.is_done() && !*kill.borrow() {
                 linger_close(io.conn.stream).await;
             }

@@ -89,6 +89,8 @@ async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, signals: Signals)
     let mut stopped = std::pin::pin!(stop.changed());
     loop {
         let (stream, client) = tokio::select! {
+            // In this order, without select!'s random pick: a stop is seen at once.
+            biased;
             _ = stopped.as_mut() => return,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
