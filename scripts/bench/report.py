@@ -5,8 +5,9 @@ Usage: report.py RESULTS_TSV RSS_TSV TITLE
 RESULTS_TSV: round workload system requests duration_s bytes p50_us p99_us cpu_s err_socket
 err_status bg_cpu_s (one line per wrk run, with a header line; bg_cpu_s is CPU time that other
 processes than the proxy, the members and wrk used during the run). A run during which other
-processes used more than a quarter of a core is "disturbed": the medians are taken over the
-undisturbed runs when there are any, over all runs otherwise. RSS_TSV: system hwm_kib rss_before_kib
+processes used more than a quarter of a core is "disturbed", and so is its round of that workload
+for every system: the medians are taken over the rounds in which no system was disturbed when
+there are any, over all rounds otherwise, so that every system is compared over the same rounds. RSS_TSV: system hwm_kib rss_before_kib
 rss_after_kib opened wanted. Every figure in the tables is the median over the rounds.
 Exits 1 when a run got a non-2xx answer or completed no request.
 """
@@ -49,12 +50,15 @@ def summarize(rows):
     """workload -> system -> dict of medians."""
     out = {}
     for w, _ in WORKLOADS:
+        of_w = [r for r in rows if r["workload"] == w]
+        rounds = {r["round"] for r in of_w}
+        quiet_rounds = rounds - {r["round"] for r in of_w if bg_share(r) > DISTURBED}
+        counted = quiet_rounds or rounds
         for s in SYSTEMS:
-            runs = [r for r in rows if r["workload"] == w and r["system"] == s]
+            runs = [r for r in of_w if r["system"] == s]
             if not runs:
                 continue
-            quiet = [r for r in runs if bg_share(r) <= DISTURBED]
-            used = quiet or runs
+            used = [r for r in runs if r["round"] in counted]
             rps, per_cpu, us_cpu, p50, p99, bpr, bg = [], [], [], [], [], [], []
             errors = sum(int(r["err_socket"]) + int(r["err_status"]) for r in runs)
             for r in used:
@@ -118,8 +122,9 @@ def main():
             noisy = noisy or m["bg"] > 100 * DISTURBED
     print(
         "errors: socket errors + non-2xx over all rounds; bg CPU: the most CPU (% of one core)"
-        " other processes used during a run counted; runs: runs counted / runs made (runs during"
-        " which other processes used > 25% of a core are left out when any other is left)"
+        " other processes used during a run counted; runs: runs counted / runs made (a round in"
+        " which other processes used > 25% of a core during any system's run is left out for"
+        " every system, when any other round is left)"
     )
     if noisy:
         print("WARNING: some figures come from runs disturbed by other work on the machine")
