@@ -1,5 +1,6 @@
 //! The client side of HTTP/1.1 (src/server/conn.rs, src/server/h1.rs) with raw TCP clients:
-//! pipelining, `Expect: 100-continue`, HTTP/1.0 clients, and the head-read timeout.
+//! pipelining, `Expect: 100-continue`, HTTP/1.0 clients, the head-read timeout, and a request
+//! that arrives after its connection.
 
 mod support;
 
@@ -154,4 +155,32 @@ async fn a_client_that_sends_no_head_in_time_is_closed() {
         "the idle connection was closed"
     );
     assert_eq!(m1.request_count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_comes_after_the_connection_is_served() {
+    // The proxy's first read on a new connection finds nothing here; it must then wait for the
+    // request rather than give up on the connection or try it in a loop.
+    let (m1, proxy) = setup("", Behavior::Normal).await;
+    for pause_ms in [0u64, 50, 300] {
+        let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n")
+            .await
+            .expect("first half of the head");
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        stream
+            .write_all(b"Connection: close\r\n\r\n")
+            .await
+            .expect("rest of the head");
+        let mut got = Vec::new();
+        read_until(&mut stream, &mut got, b"\r\n\r\n").await;
+        assert!(
+            got.starts_with(b"HTTP/1.1 200 "),
+            "after {pause_ms} ms: {}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    assert_eq!(m1.request_count(), 3);
 }
