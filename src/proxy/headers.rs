@@ -9,6 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::IpNet;
+use crate::server::h1::itoa;
 
 const HOP_COUNT: usize = 7;
 /// The hop-by-hop headers of RFC 9110 §7.6.1 (and `Proxy-Connection`), removed both ways.
@@ -57,10 +58,16 @@ impl<const N: usize> Inline<N> {
     fn new(text: &[u8]) -> Inline<N> {
         let mut inline = Inline {
             bytes: [0; N],
-            len: text.len() as u8,
+            len: 0,
         };
-        inline.bytes[..text.len()].copy_from_slice(text);
+        inline.push(text);
         inline
+    }
+
+    fn push(&mut self, text: &[u8]) {
+        let at = usize::from(self.len);
+        self.bytes[at..at + text.len()].copy_from_slice(text);
+        self.len += text.len() as u8;
     }
 
     fn as_bytes(&self) -> &[u8] {
@@ -75,49 +82,25 @@ impl ClientConn {
             IpAddr::V4(v4) => ipv4_text(v4),
             IpAddr::V6(v6) => Inline::new(v6.to_string().as_bytes()),
         };
-        let mut port = [0; 5];
-        let mut start = port.len();
-        let mut n = local.port();
-        loop {
-            start -= 1;
-            port[start] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
         ClientConn {
             client,
             local,
             trusted: trusted_proxies.iter().any(|net| net.contains(ip)),
             client_ip,
             ipv6: ip.is_ipv6(),
-            local_port: Inline::new(&port[start..]),
+            local_port: Inline::new(itoa(u64::from(local.port()), &mut [0; 20])),
         }
     }
 }
 
 /// `10.1.2.3`, as `Ipv4Addr`'s `Display` writes it, without `fmt`.
 fn ipv4_text(ip: std::net::Ipv4Addr) -> Inline<45> {
-    let mut text = Inline {
-        bytes: [0; 45],
-        len: 0,
-    };
-    let mut push = |b: u8| {
-        text.bytes[usize::from(text.len)] = b;
-        text.len += 1;
-    };
+    let mut text = Inline::new(b"");
     for (i, octet) in ip.octets().into_iter().enumerate() {
         if i > 0 {
-            push(b'.');
+            text.push(b".");
         }
-        if octet >= 100 {
-            push(b'0' + octet / 100);
-        }
-        if octet >= 10 {
-            push(b'0' + octet / 10 % 10);
-        }
-        push(b'0' + octet % 10);
+        text.push(itoa(u64::from(octet), &mut [0; 20]));
     }
     text
 }

@@ -283,7 +283,7 @@ pub fn encode_response_head(
 }
 
 /// Decimal digits of `n` without going through `fmt`.
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+pub(crate) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     loop {
         i -= 1;
