@@ -1,6 +1,6 @@
 //! The client side of HTTP/1.1 (src/server/conn.rs, src/server/h1.rs) with raw TCP clients:
-//! pipelining, `Expect: 100-continue`, HTTP/1.0 clients, the head-read timeout, and a request
-//! that arrives after its connection.
+//! pipelining, `Expect: 100-continue`, HTTP/1.0 clients, the head-read timeout, a request that
+//! arrives after its connection, and the listener's TCP_DEFER_ACCEPT.
 
 mod support;
 
@@ -159,27 +159,80 @@ async fn a_client_that_sends_no_head_in_time_is_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_comes_after_the_connection_is_served() {
-    // The proxy's first read on a new connection finds nothing here; it must then wait for the
-    // request rather than give up on the connection or try it in a loop.
-    let (m1, proxy) = setup("", Behavior::Normal).await;
-    for pause_ms in [0u64, 50, 300] {
-        let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
-        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n")
-            .await
-            .expect("first half of the head");
-        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
-        stream
-            .write_all(b"Connection: close\r\n\r\n")
-            .await
-            .expect("rest of the head");
-        let mut got = Vec::new();
-        read_until(&mut stream, &mut got, b"\r\n\r\n").await;
+    // The proxy's first read on a new connection finds nothing here (without TCP_DEFER_ACCEPT,
+    // or with it once its second has passed); it must then wait for the request rather than
+    // give up on the connection or try it in a loop. With it, a request that comes within the
+    // second is accepted with its first half.
+    for defer in ["0s", "1s"] {
+        let (m1, proxy) = setup(&format!("defer_accept = \"{defer}\""), Behavior::Normal).await;
+        for pause_ms in [0u64, 50, 1200] {
+            let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+            tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n")
+                .await
+                .expect("first half of the head");
+            tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+            stream
+                .write_all(b"Connection: close\r\n\r\n")
+                .await
+                .expect("rest of the head");
+            let mut got = Vec::new();
+            read_until(&mut stream, &mut got, b"\r\n\r\n").await;
+            assert!(
+                got.starts_with(b"HTTP/1.1 200 "),
+                "defer_accept {defer}, after {pause_ms} ms: {}",
+                String::from_utf8_lossy(&got)
+            );
+        }
+        assert_eq!(m1.request_count(), 3, "defer_accept {defer}");
+    }
+}
+
+/// TCP_DEFER_ACCEPT as the listener has it, in seconds (the kernel rounds up to its SYN-ACK
+/// retransmission schedule).
+#[cfg(target_os = "linux")]
+fn defer_accept_of(listener: &std::net::TcpListener) -> libc::c_int {
+    use std::os::fd::AsRawFd;
+    let mut secs: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the descriptor is open for the call; `secs` and `len` outlive it, and `len` is
+    // the size of `secs`.
+    let done = unsafe {
+        libc::getsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&raw mut secs).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(done, 0, "getsockopt: {}", std::io::Error::last_os_error());
+    secs
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_defers_accept_as_configured() {
+    let m1 = Backend::start("m1", Behavior::Normal).await;
+    for (extra, want) in [
+        ("", 1..=1),
+        ("defer_accept = \"0s\"", 0..=0),
+        ("defer_accept = \"5s\"", 5..=7),
+    ] {
+        let bound = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        bound.set_nonblocking(true).expect("non-blocking");
+        // The same socket: what tether sets on its listener shows here.
+        let probe = bound.try_clone().expect("clone the listener");
+        let listener = tokio::net::TcpListener::from_std(bound).expect("register the listener");
+        let proxy = Proxy::start_on(listener, &config(extra, "", "", &[member(&m1, "c1", "")]));
+        // A request through it: the accept loop has set up the listener by then.
+        let mut conn = Conn::open(proxy.addr).await.expect("connect");
+        assert_eq!(conn.get("/", &[]).await.expect("request").status, 200);
+        let secs = defer_accept_of(&probe);
         assert!(
-            got.starts_with(b"HTTP/1.1 200 "),
-            "after {pause_ms} ms: {}",
-            String::from_utf8_lossy(&got)
+            want.contains(&secs),
+            "{extra:?}: TCP_DEFER_ACCEPT is {secs}, want {want:?}"
         );
     }
     assert_eq!(m1.request_count(), 3);

@@ -130,6 +130,7 @@ fn minimal_conf_has_the_documented_defaults() {
     assert!(p.trusted_proxies.is_empty() && !p.websphere_headers);
     assert_eq!((p.workers, p.pool_max_idle), (0, 256));
     assert_eq!(p.pool_idle_timeout, Duration::from_secs(60));
+    assert_eq!(p.defer_accept, Duration::from_secs(1));
     let c = &cfg.clusters[0];
     assert_eq!(c.load_balance, LoadBalance::RoundRobin);
     assert_eq!(c.retry_interval, Duration::from_secs(60));
@@ -153,6 +154,7 @@ fn minimal_conf_has_the_documented_defaults() {
 fn full_conf() {
     let cfg = conf("full.toml");
     assert!(cfg.proxy.websphere_headers);
+    assert_eq!(cfg.proxy.defer_accept, Duration::from_secs(3));
     assert_eq!(cfg.proxy.trusted_proxies.len(), 2);
     assert_eq!(cfg.proxy.trusted_proxies[0].prefix, 8);
     assert!(cfg.proxy.trusted_proxies[0].contains("10.9.8.7".parse().unwrap()));
@@ -209,8 +211,10 @@ fn values_in_other_accepted_forms() {
         )
         .replace("paths = [\"/*\"]", "paths = [\"/app/*\", \"/login\"]")
         .replace("separator = \":\"", "separator = \"+\"")
-        .replace("clone_id = \"c1\"", "clone_id = \"c-1_x.y\"");
+        .replace("clone_id = \"c1\"", "clone_id = \"c-1_x.y\"")
+        .replace("request_timeout", "defer_accept = \"0s\"\nrequest_timeout");
     let cfg = Config::parse(&text).unwrap();
+    assert_eq!(cfg.proxy.defer_accept, Duration::ZERO);
     assert_eq!(cfg.proxy.max_header_bytes, 16 * 1024);
     assert_eq!(cfg.proxy.post_size_limit, 1_048_576);
     assert_eq!(cfg.clusters[0].members[1].address, addr("[::1]:9082"));
@@ -264,6 +268,10 @@ const BAD_EDITS: &[(&str, &str, &str, &str, &str)] = &[
     ("\"64KiB\"", "\"64XB\"", "cluster.shop.post_buffer_size", "64XB", "unknown unit \"XB\""),
     ("\"100MiB\"", "\"99999999999TiB\"", "proxy.post_size_limit", "TiB", "too large"),
     ("\"100MiB\"", "-1", "proxy.post_size_limit", "-1", "must not be negative"),
+    ("request_timeout", "defer_accept = \"1500ms\"\nrequest_timeout", "proxy.defer_accept", "1500ms",
+     "must be whole seconds"),
+    ("request_timeout", "defer_accept = \"2h\"\nrequest_timeout", "proxy.defer_accept", "2h",
+     "at most \"1h\""),
     // Addresses.
     ("127.0.0.1:9081", "127.0.0.1", "cluster.shop.member[0].address", "127.0.0.1\"", "missing port"),
     ("127.0.0.1:9081", "no-such-host.invalid:9081", "cluster.shop.member[0].address", "no-such",

@@ -41,6 +41,10 @@ pub struct ProxySettings {
     pub pool_idle_timeout: Duration,
     /// Extension: idle keep-alive connections kept per member (default 256).
     pub pool_max_idle: usize,
+    /// Extension: TCP_DEFER_ACCEPT on the listeners (Linux): a connection is handed over once
+    /// its first bytes have come, or after about this long. Whole seconds; zero turns it off
+    /// (default 1s).
+    pub defer_accept: Duration,
 }
 
 /// An address or a CIDR block in `trusted_proxies` (`"10.0.0.7"`, `"10.0.0.0/8"`, `"::1"`).

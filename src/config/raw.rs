@@ -45,6 +45,8 @@ pub struct RawProxy {
     #[serde(deserialize_with = "duration")]
     pub pool_idle_timeout: Duration,
     pub pool_max_idle: usize,
+    #[serde(deserialize_with = "duration")]
+    pub defer_accept: Duration,
 }
 
 impl Default for RawProxy {
@@ -60,6 +62,7 @@ impl Default for RawProxy {
             workers: 0,
             pool_idle_timeout: Duration::from_secs(60),
             pool_max_idle: 256,
+            defer_accept: Duration::from_secs(1),
         }
     }
 }

@@ -180,6 +180,7 @@ fn proxy(raw: RawProxy) -> Result<ProxySettings, Fault> {
         workers: raw.workers,
         pool_idle_timeout: raw.pool_idle_timeout,
         pool_max_idle: raw.pool_max_idle,
+        defer_accept: whole_seconds("proxy.defer_accept", raw.defer_accept)?,
     })
 }
 
@@ -454,6 +455,20 @@ fn is_token(text: &str) -> bool {
 fn positive(path: &str, value: Duration) -> Result<Duration, Fault> {
     if value.is_zero() {
         return Err(fault(path, "must be more than 0"));
+    }
+    Ok(value)
+}
+
+/// At most an hour, in whole seconds (what TCP_DEFER_ACCEPT takes).
+fn whole_seconds(path: &str, value: Duration) -> Result<Duration, Fault> {
+    if value.subsec_nanos() != 0 {
+        return Err(fault(
+            path,
+            "must be whole seconds, e.g. \"1s\" (\"0s\" turns it off)",
+        ));
+    }
+    if value > Duration::from_secs(3600) {
+        return Err(fault(path, "must be at most \"1h\""));
     }
     Ok(value)
 }

@@ -838,6 +838,11 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the proxy");
+        Proxy::start_on(listener, config_text)
+    }
+
+    /// [`Proxy::start`] on a listener the caller bound.
+    pub fn start_on(listener: TcpListener, config_text: &str) -> Proxy {
         let addr = listener.local_addr().expect("proxy address");
         let text = config_text.replace(LISTEN_PLACEHOLDER, &addr.to_string());
         let config = tether::config::Config::parse(&text)
