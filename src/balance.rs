@@ -31,10 +31,12 @@ impl Clock {
 
     /// Never 0: 0 means "up" in [`Target::down_until`].
     pub fn now_ms(&self) -> u64 {
-        tokio::time::Instant::now()
-            .saturating_duration_since(self.base)
-            .as_millis() as u64
-            + 1
+        self.ms_at(tokio::time::Instant::now())
+    }
+
+    /// [`Clock::now_ms`] for an instant already read.
+    pub fn ms_at(&self, at: tokio::time::Instant) -> u64 {
+        at.saturating_duration_since(self.base).as_millis() as u64 + 1
     }
 }
 

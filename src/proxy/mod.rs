@@ -207,13 +207,21 @@ impl Proxy {
         // times at most.
         let mut unsent_budget = 3;
         let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let mut first = true;
         while tried.len() < max_attempts {
-            let now = self.clock.now_ms();
-            let (id, affinity) = match cluster.next_candidate(&clones, &tried, now) {
-                Ok(candidate) => candidate,
-                Err(NoCandidate::OwnerDown) => return Err((ProxyError::OwnerDown, body_read)),
-                Err(NoCandidate::Exhausted) => break,
+            // The clock is read once per attempt, and not at all for the first, which starts
+            // with the request.
+            let now = if std::mem::take(&mut first) {
+                start
+            } else {
+                Instant::now()
             };
+            let (id, affinity) =
+                match cluster.next_candidate(&clones, &tried, self.clock.ms_at(now)) {
+                    Ok(candidate) => candidate,
+                    Err(NoCandidate::OwnerDown) => return Err((ProxyError::OwnerDown, body_read)),
+                    Err(NoCandidate::Exhausted) => break,
+                };
             tried.add(id);
             outcome.attempts += 1;
             outcome.affinity = affinity;
@@ -223,7 +231,11 @@ impl Proxy {
             // still connecting, or a burst piles onto one member.
             let in_flight = target.start_request();
 
-            let mut conn = match timers.client.run(deadline, target.upstream.acquire()).await {
+            let mut conn = match timers
+                .client
+                .run(deadline, target.upstream.acquire(now))
+                .await
+            {
                 None => return Err((ProxyError::RequestTimeout, body_read)),
                 Some(Err(e)) => {
                     tracing::debug!(member = %target.name, error = %e, "attempt failed before sending");
@@ -249,8 +261,11 @@ impl Proxy {
                     config.retry_idempotency_key,
                     body.replayable(),
                 );
-            // Deadlines only move on for this timer: the earlier of io_timeout and the request's.
-            let wait = (Instant::now() + target.io_timeout).min(deadline);
+            // Deadlines only move on for this timer: the earlier of io_timeout and the request's,
+            // counted from the send (a pooled connection is sent on at once; a new one has just
+            // connected).
+            let sent_at = if conn.reused { now } else { Instant::now() };
+            let wait = (sent_at + target.io_timeout).min(deadline);
             let sent = conn
                 .member
                 .send(&method, path, &headers, &added, &mut request_body);

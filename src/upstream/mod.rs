@@ -102,8 +102,9 @@ impl Upstream {
         self.opened.load(Ordering::Relaxed)
     }
 
-    /// A ready connection: an idle one if there is one, else a new one.
-    pub async fn acquire(&self) -> Result<Conn, ConnectError> {
+    /// A ready connection: an idle one if there is one, else a new one. `now` judges how long
+    /// the idle ones have waited.
+    pub async fn acquire(&self, now: Instant) -> Result<Conn, ConnectError> {
         let permit = match &self.limit {
             None => None,
             Some(sem) => match timeout(self.connect_timeout, sem.clone().acquire_owned()).await {
@@ -111,7 +112,7 @@ impl Upstream {
                 Ok(Err(_)) | Err(_) => return Err(ConnectError::Busy),
             },
         };
-        if let Some(member) = self.pop_idle() {
+        if let Some(member) = self.pop_idle(now) {
             return Ok(Conn {
                 member,
                 reused: true,
@@ -148,10 +149,11 @@ impl Upstream {
 
     /// The most recently used idle connection that can still carry a request; the others
     /// met on the way (closed by the member, or idle too long) are dropped.
-    fn pop_idle(&self) -> Option<MemberConn> {
+    fn pop_idle(&self, now: Instant) -> Option<MemberConn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(conn) = idle.pop() {
-            if conn.since.elapsed() < self.settings.idle_timeout && conn.member.is_reusable() {
+            let waited = now.saturating_duration_since(conn.since);
+            if waited < self.settings.idle_timeout && conn.member.is_reusable() {
                 return Some(conn.member);
             }
         }
