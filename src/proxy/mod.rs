@@ -207,11 +207,11 @@ impl Proxy {
         // times at most.
         let mut unsent_budget = 3;
         let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let mut first = true;
         while tried.len() < max_attempts {
             // The clock is read once per attempt, and not at all for the first, which starts
-            // with the request.
-            let now = if std::mem::take(&mut first) {
+            // with the request. (So does a request resent after a pooled connection turned out
+            // closed, which takes its attempt back: that is microseconds later.)
+            let now = if tried.is_empty() {
                 start
             } else {
                 Instant::now()

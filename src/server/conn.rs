@@ -83,8 +83,9 @@ impl ReadBuffered for ClientStream {
 
 impl ClientStream {
     /// Reads what a new connection's client has sent already. tokio takes an accepted socket
-    /// for readable, so this tries the socket before the event loop has reported it. When
-    /// nothing is there yet, `WouldBlock` clears that (and only that: an event that came
+    /// for readable, so this tries the socket before the event loop has reported it; with
+    /// deferred accept (`proxy.defer_accept`) the request is usually there. When nothing is
+    /// there yet, `WouldBlock` clears that (and only that: an event that came
     /// meanwhile is kept), and the next read waits for the event loop instead of trying the
     /// socket a second time. `Ok(0)`: the client closed it.
     fn read_early(&mut self) -> io::Result<usize> {
