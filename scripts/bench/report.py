@@ -72,17 +72,35 @@ def summarize(rows):
                 bpr.append(int(r["bytes"]) / n if n else 0)
                 bg.append(100 * bg_share(r))
             out.setdefault(w, {})[s] = {
+                "name": s,
                 "runs": f"{len(used)}/{len(runs)}",
                 "rps": median(rps),
                 "per_cpu": median(per_cpu),
                 "us_cpu": median(us_cpu),
                 "p50": median(p50),
                 "p99": median(p99),
+                "p99_by_round": {r["round"]: float(r["p99_us"]) / 1000 for r in used},
                 "bytes_per_req": median(bpr),
                 "errors": errors,
                 "bg": max(bg),
             }
     return out
+
+
+def paced_spread(t, others):
+    """Whether a paced p99 verdict is more than noise: the range of each system's p99 over the
+    counted rounds, and in how many of them tether had the lowest p99 of its round."""
+    nan = float("nan")
+    rounds = [r for r in t["p99_by_round"] if all(r in o["p99_by_round"] for o in others)]
+    lowest = sum(
+        t["p99_by_round"][r] <= min(o["p99_by_round"][r] for o in others) for r in rounds
+    )
+    ranges = ", ".join(
+        f"{name} {min(m['p99_by_round'].values(), default=nan):.3f}"
+        f"-{max(m['p99_by_round'].values(), default=nan):.3f}"
+        for name, m in [("tether", t)] + [(o["name"], o) for o in others]
+    )
+    return f"tether lowest in {lowest} of {len(rounds)} counted rounds; p99 ms range: {ranges}"
 
 
 def ratio(a, b):
@@ -163,6 +181,7 @@ def main():
                 f"paced: tether p99 {t['p99']:.3f} ms vs best other {worst_ok:.3f} ms"
                 f" {'met' if t['p99'] <= worst_ok else 'NOT met'}"
             )
+            verdicts.append("  " + paced_spread(t, others))
 
     if rss:
         print()
