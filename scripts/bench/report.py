@@ -96,9 +96,9 @@ def paced_spread(t, others):
         t["p99_by_round"][r] <= min(o["p99_by_round"][r] for o in others) for r in rounds
     )
     ranges = ", ".join(
-        f"{name} {min(m['p99_by_round'].values(), default=nan):.3f}"
+        f"{m['name']} {min(m['p99_by_round'].values(), default=nan):.3f}"
         f"-{max(m['p99_by_round'].values(), default=nan):.3f}"
-        for name, m in [("tether", t)] + [(o["name"], o) for o in others]
+        for m in [t, *others]
     )
     return f"tether lowest in {lowest} of {len(rounds)} counted rounds; p99 ms range: {ranges}"
 
