@@ -262,10 +262,8 @@ impl Proxy {
                     body.replayable(),
                 );
             // Deadlines only move on for this timer: the earlier of io_timeout and the request's,
-            // counted from the send (a pooled connection is sent on at once; a new one has just
-            // connected).
-            let sent_at = if conn.reused { now } else { Instant::now() };
-            let wait = (sent_at + target.io_timeout).min(deadline);
+            // counted from the send, which follows the connection's being ready at once.
+            let wait = (conn.ready_at + target.io_timeout).min(deadline);
             let sent = conn
                 .member
                 .send(&method, path, &headers, &added, &mut request_body);

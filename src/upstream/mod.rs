@@ -55,6 +55,9 @@ pub struct Conn {
     pub member: MemberConn,
     /// Came from the idle list (for the log and the metrics).
     pub reused: bool,
+    /// When it was ready to send on: the `now` given to [`Upstream::acquire`] when nothing was
+    /// waited for, else read after the wait.
+    pub ready_at: Instant,
     permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -102,20 +105,25 @@ impl Upstream {
         self.opened.load(Ordering::Relaxed)
     }
 
-    /// A ready connection: an idle one if there is one, else a new one. `now` judges how long
-    /// the idle ones have waited.
+    /// A ready connection: an idle one if there is one, else a new one. `now` is the caller's
+    /// clock reading; it judges how long the idle ones have waited unless waiting for a
+    /// `max_connections` slot made it stale.
     pub async fn acquire(&self, now: Instant) -> Result<Conn, ConnectError> {
-        let permit = match &self.limit {
-            None => None,
-            Some(sem) => match timeout(self.connect_timeout, sem.clone().acquire_owned()).await {
-                Ok(Ok(permit)) => Some(permit),
-                Ok(Err(_)) | Err(_) => return Err(ConnectError::Busy),
+        let (permit, now) = match &self.limit {
+            None => (None, now),
+            Some(sem) => match sem.clone().try_acquire_owned() {
+                Ok(permit) => (Some(permit), now),
+                Err(_) => match timeout(self.connect_timeout, sem.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => (Some(permit), Instant::now()),
+                    Ok(Err(_)) | Err(_) => return Err(ConnectError::Busy),
+                },
             },
         };
         if let Some(member) = self.pop_idle(now) {
             return Ok(Conn {
                 member,
                 reused: true,
+                ready_at: now,
                 permit,
             });
         }
@@ -125,6 +133,7 @@ impl Upstream {
         Ok(Conn {
             member,
             reused: false,
+            ready_at: Instant::now(),
             permit,
         })
     }
